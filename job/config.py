@@ -1,0 +1,242 @@
+"""Run configuration: frozen dataclasses, YAML presets, `--set a.b=v` overrides, validation.
+
+Every field carries a one-line help text and, where it matters, its allowed range. A config
+that names an unknown key, has a value of the wrong type or out of range is refused before
+any work starts, with an error that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from job.errors import UserError
+
+
+class ConfigError(UserError):
+    """The configuration is invalid; the message names the key."""
+
+
+def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+       choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its help text and allowed values in metadata."""
+    return field(default=default, metadata={"help": help, "min": min, "max": max, "choices": choices})
+
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+BACKBONES = ("small_cnn", "xception", "inception_v3", "resnet50", "efficientnet_b0", "mobilenet_v3_small")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How examples are decoded and batched."""
+
+    image_size: int = _f(64, "Height and width (pixels) images are resized to.", min=16, max=1024)
+    batch_size_per_worker: int = _f(32, "Examples per batch on each worker; global batch = this x num_workers.", min=1, max=65536)
+    shuffle_buffer_examples: int = _f(1024, "Shuffle buffer size in examples (bounds memory, not the data set size).", min=0, max=1_000_000)
+    prefetch_batches: int = _f(2, "Batches prepared ahead of the model (bounded, not AUTOTUNE).", min=0, max=64)
+    parallel_calls: int = _f(0, "Parallel decode calls in tf.data; 0 lets tf.data tune it.", min=0, max=256)
+    augment: bool = _f(True, "Random flips and brightness/contrast jitter on training images.")
+    verify_checksums: bool = _f(True, "Check every shard's size and sha256 against dataset.json before training.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: a backbone and a logits head."""
+
+    backbone: str = _f("small_cnn", "Backbone network.", choices=BACKBONES)
+    weights: str = _f("none", "'none', 'imagenet', or a path to a weights file.")
+    freeze_backbone: bool = _f(False, "Keep the backbone's weights fixed and train the head only.")
+    width: int = _f(32, "Filters in the first block of small_cnn (doubles per block).", min=4, max=512)
+    dropout_rate: float = _f(0.2, "Dropout before the logits head.", min=0.0, max=0.9)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The optimisation and the seed's callbacks."""
+
+    epochs: int = _f(10, "Number of passes over the training split.", min=1, max=100_000)
+    learning_rate: float = _f(0.002, "Adam learning rate.", min=1e-8, max=10.0)
+    seed: int = _f(42, "One seed for the split, shuffling, augmentation and weight init.", min=0, max=2**31 - 1)
+    precision: str = _f("float32", "Numeric precision; the logits head and loss stay float32.", choices=PRECISIONS)
+    jit_compile: bool = _f(False, "Compile the train step with XLA.")
+    terminate_on_nan: bool = _f(True, "Stop the run when the loss becomes NaN.")
+    restore_best_weights: bool = _f(True, "Evaluate the checkpoint with the lowest val_loss, not the last one.")
+    reduce_lr_patience_epochs: int = _f(3, "Epochs without val_loss improvement before the LR is cut; 0 disables.", min=0, max=10_000)
+    reduce_lr_factor: float = _f(0.5, "Factor applied to the LR on plateau.", min=0.01, max=0.99)
+    min_learning_rate: float = _f(1e-6, "Lower bound for the LR on plateau.", min=0.0, max=1.0)
+    early_stopping_patience_epochs: int = _f(5, "Epochs without val_loss improvement before stopping; 0 disables.", min=0, max=10_000)
+    tensorboard: bool = _f(True, "Write TensorBoard event files (rank 0) and sync them to RUN/tensorboard/.")
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """How many workers, and what each one gets."""
+
+    num_workers: int = _f(2, "Ray Train workers (one TensorFlow replica group each).", min=1, max=4096)
+    use_gpu: bool = _f(False, "Give every worker GPUs.")
+    gpus_per_worker: float = _f(1.0, "GPUs per worker when use_gpu is on.", min=0.0, max=16.0)
+    cpus_per_worker: float = _f(1.0, "Logical CPUs per worker.", min=0.0, max=1024.0)
+    data_cpus: float = _f(1.0, "Logical CPUs kept free for Ray Data read tasks on a local Ray.", min=0.5, max=1024.0)
+    max_failures: int = _f(1, "Worker-group restarts Ray Train may make before the run fails.", min=0, max=1000)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoints written by rank 0 and reported to Ray Train."""
+
+    every_epochs: int = _f(1, "Save a checkpoint every N epochs (and always after the last).", min=1, max=10_000)
+    keep_best: int = _f(2, "Checkpoints kept by lowest val_loss (the latest is kept as well).", min=1, max=1000)
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Prometheus metrics."""
+
+    enabled: bool = _f(True, "Serve Prometheus metrics from the driver and every worker.")
+    driver_port: int = _f(9400, "Port of the driver's /metrics.", min=1024, max=32767)
+    worker_port_base: int = _f(9401, "Worker with local rank k serves /metrics on this + k.", min=1024, max=32767)
+    final_scrape_wait_seconds: float = _f(0.0, "Keep the driver's /metrics up this long after the run ends.", min=0.0, max=3600.0)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Evaluation of the best checkpoint."""
+
+    threshold_objective: str = _f("f1", "What per-label thresholds maximise on the validation split.", choices=("f1", "none"))
+    prediction_grid_images: int = _f(16, "Test images shown in predictions.png.", min=0, max=256)
+    correlated_pair_threshold: float = _f(0.95, "Flag label pairs whose P(j|i) and P(i|j) both reach this.", min=0.5, max=1.0)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    run_name: str = _f("", "Stable run name; empty means the last part of --output.")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML preset (or the defaults) and apply `section.key=value` overrides.
+
+    Args:
+        path: a YAML file, or None for the built-in defaults.
+        overrides: strings like "model.width=16"; values are parsed as YAML scalars.
+    Returns:
+        A validated, frozen Config.
+    Raises:
+        ConfigError naming the offending key.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"Config file {p} does not exist. Pass an existing YAML file, e.g. --config configs/demo.yaml.")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Config file {p} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"Config file {p} must hold a mapping of sections (data:, model:, ...), not {type(loaded).__name__}.")
+        raw = loaded or {}
+    for item in overrides:
+        _apply_override(raw, item)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build a validated Config from nested dicts (as found in YAML or config.json)."""
+    return _build(Config, raw, prefix="")
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain nested dicts, for config.json and logs."""
+    return dataclasses.asdict(config)
+
+
+def describe(config: Config) -> str:
+    """The resolved config as YAML text, for the start-of-run log."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False).rstrip()
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"Override {item!r} must look like section.key=value, e.g. --set training.epochs=5.")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"Override {item!r} has an empty key part.")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"Override {item!r}: {part} is a value, not a section.")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        key = unknown[0]
+        hint = difflib.get_close_matches(str(key), list(fields), n=1)
+        suggestion = f" Did you mean {prefix}{hint[0]}?" if hint else ""
+        raise ConfigError(
+            f"Unknown config key {prefix}{key}.{suggestion} Known keys here: {', '.join(prefix + n for n in fields)}."
+        )
+    values = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            values[name] = _build(f.default_factory, raw.get(name) or {}, prefix=key + ".")
+            continue
+        if name not in raw:
+            continue
+        values[name] = _check_value(key, f, raw[name])
+    return cls(**values)
+
+
+def _check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
+    expected = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" as a string; accept any plain float spelling.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if expected is str and value is None:
+        value = ""
+    # bool is an int in Python; refuse it where a number is meant, and vice versa.
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise ConfigError(f"Config key {key} must be {expected.__name__}, got {value!r} ({type(value).__name__}).")
+    meta = f.metadata
+    if meta.get("min") is not None and value < meta["min"]:
+        raise ConfigError(f"Config key {key} = {value!r} is below its minimum {meta['min']}. ({meta['help']})")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise ConfigError(f"Config key {key} = {value!r} is above its maximum {meta['max']}. ({meta['help']})")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"Config key {key} = {value!r} is not one of: {', '.join(meta['choices'])}.")
+    return value
