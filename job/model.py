@@ -1,0 +1,294 @@
+"""Backbones with a float32 logits head, and compilation with loss and metrics.
+
+The model takes a float32 batch of pixels in [0, 255], shape (None, S, S, 3), input name
+"image", and applies its backbone's preprocessing itself (with layers, so it serialises and
+exports without Python-side preprocessing). It outputs **logits** (no activation) from a
+float32 `Dense` named "logits", so the loss and metrics stay float32 under mixed precision.
+
+Only `tf_keras` (Keras 2) is used: Keras 3 fails under MultiWorkerMirroredStrategy in Ray.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+import tf_keras
+from tf_keras import layers
+
+from job import metrics as job_metrics
+from job.errors import UserError
+
+BACKBONES = (
+    "small_cnn",
+    "xception",
+    "inception_v3",
+    "resnet50",
+    "efficientnet_b0",
+    "mobilenet_v3_small",
+)
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+WEIGHT_CHOICES = ("none", "imagenet")
+
+# Smallest input side each backbone accepts (the Keras applications' own limits).
+MIN_IMAGE_SIZE = {
+    "small_cnn": 16,
+    "xception": 71,
+    "inception_v3": 75,
+    "resnet50": 32,
+    "efficientnet_b0": 32,
+    "mobilenet_v3_small": 32,
+}
+
+# ImageNet channel means in BGR order, as `applications.resnet50.preprocess_input` uses.
+_IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+_SMALL_CNN_BLOCKS = 3
+
+
+@tf_keras.utils.register_keras_serializable(package="job")
+class CaffePreprocess(layers.Layer):
+    """`preprocess_input` in "caffe" mode: RGB [0, 255] -> BGR minus the ImageNet mean."""
+
+    def call(self, inputs):
+        """Args: pixels (..., 3) RGB in [0, 255]. Returns: BGR, mean-centred, same dtype."""
+        bgr = tf.reverse(inputs, axis=[-1])
+        return bgr - tf.constant(_IMAGENET_BGR_MEAN, dtype=bgr.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Option checks (raise UserError before anything is built)
+# --------------------------------------------------------------------------------------
+
+
+def _is_remote(uri: str) -> bool:
+    """True for URIs such as s3://...; the caller fetches those to a local file first."""
+    return "://" in uri
+
+
+def _weights_file_exists(path: str) -> bool:
+    """A weights file, or a TF checkpoint prefix (which exists as PREFIX.index)."""
+    return os.path.isfile(path) or os.path.isfile(path + ".index")
+
+
+def check_model_options(backbone: str, weights: str, image_size: int) -> None:
+    """Reject model options that cannot work, with a message saying what to do.
+
+    Args:
+        backbone: one of BACKBONES.
+        weights: "none", "imagenet" (downloaded by Keras: needs internet or a cached
+            file), or a path to a weights file. Remote URIs (s3://) are not checked here;
+            the caller fetches them to a local file before `build_model`.
+        image_size: input side in pixels.
+    Raises:
+        UserError: unknown backbone, missing weights file, "imagenet" for small_cnn, or an
+            image size below the backbone's minimum.
+    """
+    if backbone not in BACKBONES:
+        raise UserError(
+            f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONES)}"
+        )
+    if not isinstance(weights, str) or not weights:
+        raise UserError(
+            f"model weights must be 'none', 'imagenet' or a path to a weights file; got {weights!r}"
+        )
+    if weights == "imagenet" and backbone == "small_cnn":
+        raise UserError(
+            "small_cnn has no ImageNet weights; use weights=none, a weights file, "
+            f"or a pretrained backbone ({', '.join(BACKBONES[1:])})"
+        )
+    if weights not in WEIGHT_CHOICES and not _is_remote(weights) and not _weights_file_exists(weights):
+        raise UserError(
+            f"weights file {weights!r} does not exist; give an existing .weights.h5/.h5 file "
+            "saved from the same model, or use weights=none / weights=imagenet"
+        )
+    minimum = MIN_IMAGE_SIZE[backbone]
+    if not isinstance(image_size, int) or image_size < minimum:
+        raise UserError(
+            f"image_size {image_size!r} is too small for backbone {backbone!r}: it needs at "
+            f"least {minimum} px; raise image_size or choose another backbone"
+        )
+
+
+def _check_head_options(num_classes: int, width: int, dropout_rate: float) -> None:
+    """Raise UserError for a head that cannot be built."""
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"num_classes must be a positive integer; got {num_classes!r}")
+    if not isinstance(width, int) or width < 1:
+        raise UserError(f"model width must be a positive integer; got {width!r}")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise UserError(f"dropout_rate must be in [0, 1); got {dropout_rate!r}")
+
+
+def set_precision_policy(precision: str) -> None:
+    """Set the global tf_keras dtype policy; models built afterwards use it.
+
+    Args:
+        precision: "float32", "mixed_float16" (GPU) or "mixed_bfloat16" (TPU/recent CPUs).
+    Raises:
+        UserError: unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    tf_keras.mixed_precision.set_global_policy(precision)
+
+
+# --------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------
+
+
+def _small_cnn(image_size: int, width: int) -> tf_keras.Model:
+    """Conv-BN-ReLU-MaxPool blocks with doubling width; outputs a feature map."""
+    inputs = layers.Input((image_size, image_size, 3), name="backbone_input")
+    x = inputs
+    for block in range(_SMALL_CNN_BLOCKS):
+        filters = width * 2**block
+        # No conv bias: the BatchNorm that follows has its own offset.
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
+        # momentum 0.9 (Keras default 0.99): short CPU runs have few steps, and the moving
+        # statistics used at evaluation must catch up within them.
+        x = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn")(x)
+        x = layers.ReLU(name=f"block{block}_relu")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    return tf_keras.Model(inputs, x, name="small_cnn")
+
+
+def _application(backbone: str, image_size: int, weights: str) -> tf_keras.Model:
+    """A Keras application without its top; `weights` is "imagenet" or None."""
+    apps = tf_keras.applications
+    kwargs = dict(include_top=False, weights=weights, input_shape=(image_size, image_size, 3))
+    if backbone == "xception":
+        return apps.Xception(**kwargs)
+    if backbone == "inception_v3":
+        return apps.InceptionV3(**kwargs)
+    if backbone == "resnet50":
+        return apps.ResNet50(**kwargs)
+    if backbone == "efficientnet_b0":
+        return apps.EfficientNetB0(**kwargs)
+    # MobileNetV3 rescales [0, 255] to [-1, 1] itself (include_preprocessing=True).
+    return apps.MobileNetV3Small(include_preprocessing=True, **kwargs)
+
+
+def _backbone(backbone: str, image_size: int, weights: str, width: int) -> tf_keras.Model:
+    """The feature extractor, turning an ImageNet download failure into a UserError."""
+    if backbone == "small_cnn":
+        return _small_cnn(image_size, width)
+    if weights != "imagenet":
+        return _application(backbone, image_size, None)
+    try:
+        return _application(backbone, image_size, "imagenet")
+    except Exception as exc:  # Keras raises a bare Exception on "URL fetch failure".
+        raise UserError(
+            f"could not download ImageNet weights for {backbone!r} ({exc}); this machine may "
+            "have no internet access. Use weights=none, or a local weights file, or put the "
+            "Keras weights file in ~/.keras/models/"
+        ) from exc
+
+
+def _preprocessing(backbone: str):
+    """Layer mapping [0, 255] RGB to what the backbone expects, or None if it does it."""
+    if backbone == "small_cnn":
+        return layers.Rescaling(1.0 / 255.0, name="preprocess")
+    if backbone in ("xception", "inception_v3"):
+        # preprocess_input "tf" mode: [0, 255] -> [-1, 1].
+        return layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")
+    if backbone == "resnet50":
+        return CaffePreprocess(name="preprocess")
+    # EfficientNet and MobileNetV3 include their own Rescaling/Normalization layers.
+    return None
+
+
+def _load_weights(model: tf_keras.Model, path: str) -> None:
+    """Load full-model weights, reporting a mismatch as a UserError."""
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError, tf.errors.OpError) as exc:
+        raise UserError(
+            f"weights file {path!r} does not fit this model ({exc}); it must be saved from a "
+            "model with the same backbone, width, image size and number of classes"
+        ) from exc
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    image_size: int,
+    *,
+    weights: str = "none",
+    freeze_backbone: bool = False,
+    width: int = 32,
+    dropout_rate: float = 0.2,
+    precision: str = "float32",
+    seed: int | None = None,
+) -> tf_keras.Model:
+    """Build image -> preprocessing -> backbone -> global average pool -> dropout -> logits.
+
+    Build under the distribution strategy's scope. Sets the global precision policy and,
+    when `seed` is given, the global Python/NumPy/TF seeds (deterministic init).
+
+    Args:
+        backbone: one of BACKBONES.
+        num_classes: number of labels (logits width).
+        image_size: input side in pixels.
+        weights: "none", "imagenet", or a LOCAL path to full-model weights.
+        freeze_backbone: make the backbone non-trainable (its BatchNorm runs in inference
+            mode, as Keras recommends for fine-tuning).
+        width: filters of small_cnn's first block (ignored by other backbones).
+        dropout_rate: dropout before the head.
+        precision: one of PRECISIONS; the head stays float32.
+        seed: seed for weight init, or None.
+    Returns:
+        an uncompiled tf_keras Model with input "image" and float32 logits (None, num_classes).
+    Raises:
+        UserError: invalid options, missing/mismatched weights file, ImageNet download failure.
+    """
+    check_model_options(backbone, weights, image_size)
+    _check_head_options(num_classes, width, dropout_rate)
+    if _is_remote(weights):
+        raise UserError(
+            f"weights {weights!r} is remote; fetch it to a local file before building the model"
+        )
+    set_precision_policy(precision)
+    if seed is not None:
+        tf_keras.utils.set_random_seed(seed)
+
+    inputs = layers.Input((image_size, image_size, 3), dtype="float32", name="image")
+    preprocess = _preprocessing(backbone)
+    x = preprocess(inputs) if preprocess is not None else inputs
+    base = _backbone(backbone, image_size, weights, width)
+    base.trainable = not freeze_backbone
+    x = base(x, training=False) if freeze_backbone else base(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.Dropout(dropout_rate, seed=seed, name="dropout")(x)
+    # float32 head: logits, loss and metrics stay float32 under mixed precision.
+    logits = layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    model = tf_keras.Model(inputs, logits, name=f"multilabel_{backbone}")
+
+    if weights not in WEIGHT_CHOICES:
+        _load_weights(model, weights)
+    return model
+
+
+def compile_model(model: tf_keras.Model, *, learning_rate: float, jit_compile: bool = False) -> None:
+    """Compile with Adam, binary cross-entropy on logits and the training metrics.
+
+    Metrics are created under the model's distribution strategy scope. With a
+    mixed_float16 model, tf_keras wraps Adam in a LossScaleOptimizer itself.
+
+    Args:
+        model: a model from `build_model`.
+        learning_rate: Adam learning rate (> 0).
+        jit_compile: compile the train step with XLA.
+    Raises:
+        UserError: learning_rate not positive.
+    """
+    if not learning_rate > 0:
+        raise UserError(f"learning_rate must be positive; got {learning_rate!r}")
+    num_classes = int(model.output_shape[-1])
+    with model.distribute_strategy.scope():
+        model.compile(
+            optimizer=tf_keras.optimizers.Adam(learning_rate=learning_rate),
+            loss=tf_keras.losses.BinaryCrossentropy(from_logits=True),
+            metrics=job_metrics.training_metrics(num_classes),
+            jit_compile=jit_compile,
+        )
