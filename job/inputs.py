@@ -1,0 +1,163 @@
+"""tf.data input pipelines: shard reading, decode, resize, augment, batch, prefetch.
+
+Two sources feed the same chain:
+- `examples_from_shards`: a data set's shards on a local path or s3:// (single-process runs,
+  evaluation), one shard in memory at a time;
+- `examples_from_batches`: column batches handed over by Ray Data (`get_dataset_shard`).
+Both yield (encoded image bytes, float32 multi-hot labels); `make_pipeline` does the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from job import records, storage
+from job.config import DataConfig
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+def load_shard_arrays(uri: str, fmt: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One shard as (object array of image bytes, int64 labels (n, num_classes))."""
+    examples = list(records.read_shard(storage.read_bytes(uri), fmt, uri))
+    images = np.array([e.image for e in examples], dtype=object)
+    labels = np.stack([e.labels for e in examples]).astype(np.int64) if examples else np.zeros((0, num_classes), np.int64)
+    if labels.shape[1] != num_classes:
+        raise records.DatasetError(
+            f"Shard {uri} has labels of width {labels.shape[1]}, but dataset.json lists "
+            f"{num_classes} class names. Re-create the data set so both agree."
+        )
+    return images, labels
+
+
+def examples_from_shards(root: str, manifest: records.Manifest, split: str, *, shuffle_shards: bool = False,
+                         seed: int = 0) -> tf.data.Dataset:
+    """(image bytes, labels) for every example of `split`, reading one shard at a time."""
+    uris = manifest.shard_uris(root, split)
+    if not uris:
+        raise records.DatasetError(f"The data set at {root} has no {split!r} shards.")
+    num_classes = len(manifest.class_names)
+    fmt = manifest.format
+
+    def load(uri: tf.Tensor):
+        images, labels = tf.numpy_function(
+            lambda u: load_shard_arrays(u.decode(), fmt, num_classes), [uri], [tf.string, tf.int64], stateful=False
+        )
+        images.set_shape([None])
+        labels.set_shape([None, num_classes])
+        return tf.data.Dataset.from_tensor_slices((images, tf.cast(labels, tf.float32)))
+
+    files = tf.data.Dataset.from_tensor_slices(uris)
+    if shuffle_shards:
+        files = files.shuffle(len(uris), seed=seed, reshuffle_each_iteration=True)
+    return files.flat_map(load)
+
+
+def examples_from_batches(make_batches: Callable[[], Iterator[Mapping[str, np.ndarray]]], num_classes: int) -> tf.data.Dataset:
+    """(image bytes, labels) from an iterator factory of column batches (Ray Data's iter_batches).
+
+    Each batch maps "image" to encoded bytes and "labels" to 0/1 lists of `num_classes`.
+    The factory is called again at every pass, so each epoch streams the shard anew.
+    """
+
+    def generate():
+        for batch in make_batches():
+            labels = np.asarray([np.asarray(v, dtype=np.float32) for v in batch["labels"]], dtype=np.float32)
+            yield np.asarray(batch["image"], dtype=object), labels.reshape(-1, num_classes)
+
+    batches = tf.data.Dataset.from_generator(
+        generate,
+        output_signature=(
+            tf.TensorSpec([None], tf.string),
+            tf.TensorSpec([None, num_classes], tf.float32),
+        ),
+    )
+    return batches.unbatch()
+
+
+# ---------------------------------------------------------------------------- transforms
+
+
+def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Encoded JPEG/PNG bytes -> float32 pixels in [0, 255], shape (size, size, 3)."""
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image = tf.image.resize(image, [image_size, image_size], antialias=True)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Light, label-preserving augmentation: horizontal flip, brightness and contrast jitter.
+
+    Stateless ops keyed by a per-example seed make augmentation reproducible.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    image = tf.image.stateless_random_brightness(image, 20.0, seeds[1])
+    image = tf.image.stateless_random_contrast(image, 0.85, 1.15, seeds[2])
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def make_pipeline(examples: tf.data.Dataset, cfg: DataConfig, *, training: bool, batch_size: int, seed: int = 0,
+                  repeat: bool = False, drop_remainder: bool = False) -> tf.data.Dataset:
+    """The one chain every run uses, from (bytes, labels) to batches of (images, labels).
+
+    Args:
+        examples: (encoded image, float32 labels) pairs.
+        cfg: the data section of the run config.
+        training: shuffle and augment when True.
+        batch_size: examples per batch on this worker.
+        seed: drives shuffling and augmentation.
+        repeat: loop forever (training with a fixed steps_per_epoch).
+        drop_remainder: keep every batch the same size (equal steps on every rank).
+    """
+    parallel = cfg.parallel_calls or AUTOTUNE
+    ds = examples
+    if training and cfg.shuffle_buffer_examples > 1:
+        # Shuffle encoded bytes, not decoded pixels: the buffer costs ~KB per example, and
+        # its size is bounded by config, not by the data set.
+        ds = ds.shuffle(cfg.shuffle_buffer_examples, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    if training and cfg.augment:
+        # Pair each example with its own seed so augmentation does not depend on thread timing.
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
+        ds = ds.map(
+            lambda ex, s: (augment_image(decode_image(ex[0], cfg.image_size), s), ex[1]),
+            num_parallel_calls=parallel, deterministic=False,
+        )
+    else:
+        ds = ds.map(lambda img, y: (decode_image(img, cfg.image_size), y),
+                    num_parallel_calls=parallel, deterministic=not training)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    # Bounded prefetch: enough to overlap input with the step, without unbounded memory.
+    return ds.prefetch(cfg.prefetch_batches) if cfg.prefetch_batches else ds
+
+
+class InputClock:
+    """Marks when each batch leaves the pipeline, to measure how long steps wait for input.
+
+    `stamp` is applied as the last (synchronous) map, so it runs when the model asks for the
+    batch; the train loop compares the time it returns with the step's start.
+    """
+
+    def __init__(self) -> None:
+        self.last_ready = 0.0
+
+    def _mark(self) -> np.float64:
+        self.last_ready = time.perf_counter()
+        return np.float64(self.last_ready)
+
+    def stamp(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        def mark(images, labels):
+            t = tf.numpy_function(self._mark, [], tf.float64, stateful=True)
+            with tf.control_dependencies([t]):
+                return tf.identity(images), labels
+
+        return ds.map(mark)

@@ -1,0 +1,350 @@
+"""Shard formats (TFRecord `tf.train.Example`, Parquet) and the `dataset.json` manifest.
+
+Layout of a data set at ROOT (a local folder or s3://bucket/prefix):
+
+    ROOT/dataset.json
+    ROOT/{train,val,test}/part-NNNNN-of-MMMMM.{tfrecord,parquet}
+
+Each example is (id: str, image: encoded bytes, labels: multi-hot of len(class_names)).
+TFRecord shards hold `tf.train.Example` with features `image` (bytes), `labels` (int64 list)
+and `id` (bytes); Parquet shards hold columns `image` (binary), `labels` (list<int64>) and
+`id` (string). The manifest is written last, so a reader never sees a half-written set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from job import storage
+from job.errors import UserError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+FORMATS = ("tfrecord", "parquet")
+MANIFEST_NAME = "dataset.json"
+PARQUET_ROW_GROUP_ROWS = 256
+
+
+class DatasetError(UserError):
+    """The data set on storage is missing, malformed or does not match the run."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled image."""
+
+    id: str
+    image: bytes
+    labels: np.ndarray  # multi-hot, len(class_names)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard file, as listed in dataset.json."""
+
+    path: str  # relative to ROOT, e.g. "train/part-00000-of-00004.tfrecord"
+    num_examples: int
+    size_bytes: int
+    sha256: str
+    label_counts: list[int]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The contents of dataset.json."""
+
+    format: str
+    class_names: list[str]
+    splits: dict[str, list[Shard]]
+    image_encoding: str = "jpeg"
+    format_version: int = FORMAT_VERSION
+    source: dict = field(default_factory=dict)  # how it was made (synth options, prepare input)
+
+    def num_examples(self, split: str) -> int:
+        return sum(s.num_examples for s in self.splits.get(split, []))
+
+    def label_counts(self, split: str) -> list[int]:
+        totals = np.zeros(len(self.class_names), dtype=np.int64)
+        for s in self.splits.get(split, []):
+            totals += np.asarray(s.label_counts, dtype=np.int64)
+        return totals.tolist()
+
+    def shard_uris(self, root: str, split: str) -> list[str]:
+        return [storage.join(root, s.path) for s in self.splits.get(split, [])]
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": self.format_version,
+            "format": self.format,
+            "class_names": list(self.class_names),
+            "image_encoding": self.image_encoding,
+            "source": self.source,
+            "splits": {
+                name: {
+                    "num_examples": self.num_examples(name),
+                    "label_counts": self.label_counts(name),
+                    "shards": [asdict(s) for s in shards],
+                }
+                for name, shards in self.splits.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str) -> "Manifest":
+        try:
+            version = int(obj["format_version"])
+            if version != FORMAT_VERSION:
+                raise DatasetError(
+                    f"{where} has format_version {version}; this release reads version {FORMAT_VERSION}. "
+                    "Re-create the data set with this release's `python -m job prepare` or `synth`."
+                )
+            fmt = obj["format"]
+            if fmt not in FORMATS:
+                raise DatasetError(f"{where} names format {fmt!r}; expected one of {', '.join(FORMATS)}.")
+            splits = {
+                name: [Shard(**s) for s in body["shards"]] for name, body in obj["splits"].items()
+            }
+            return cls(
+                format=fmt,
+                class_names=list(obj["class_names"]),
+                splits=splits,
+                image_encoding=obj.get("image_encoding", "jpeg"),
+                format_version=version,
+                source=obj.get("source", {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(
+                f"{where} is not a valid data set manifest ({type(exc).__name__}: {exc}). "
+                "Re-create it with `python -m job prepare` or `python -m job synth`."
+            ) from None
+
+
+# ---------------------------------------------------------------------------- manifest
+
+
+def manifest_uri(root: str) -> str:
+    return storage.join(root, MANIFEST_NAME)
+
+
+def load_manifest(root: str) -> Manifest:
+    """Read ROOT/dataset.json.
+
+    Raises:
+        DatasetError when it is missing or malformed, saying how to create one.
+    """
+    uri = manifest_uri(root)
+    if not storage.exists(uri):
+        raise DatasetError(
+            f"No {MANIFEST_NAME} at {root}: this is not a data set folder. Create one with "
+            f"`python -m job synth --out {root}` (synthetic scenes) or "
+            f"`python -m job prepare --images DIR --labels CSV --out {root}` (your own images)."
+        )
+    try:
+        obj = storage.read_json(uri)
+    except ValueError as exc:
+        raise DatasetError(f"{uri} is not valid JSON ({exc}). Re-create the data set.") from None
+    return Manifest.from_json(obj, uri)
+
+
+def write_manifest(root: str, manifest: Manifest) -> None:
+    """Publish the manifest; call it after every shard is written."""
+    storage.write_json(manifest_uri(root), manifest.to_json())
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def shard_name(index: int, count: int, fmt: str) -> str:
+    return f"part-{index:05d}-of-{count:05d}.{fmt}"
+
+
+def split_counts(total: int, num_shards: int) -> list[int]:
+    """Examples per shard: as even as possible, larger shards first."""
+    base, extra = divmod(total, num_shards)
+    return [base + (1 if i < extra else 0) for i in range(num_shards)]
+
+
+def write_split(root: str, split: str, examples: Iterable[Example], num_examples: int, num_shards: int,
+                fmt: str, num_classes: int) -> list[Shard]:
+    """Write one split as `num_shards` shards and return their manifest entries.
+
+    Args:
+        root: the data set root URI.
+        split: "train", "val" or "test".
+        examples: exactly `num_examples` examples, consumed in order (streaming).
+        num_shards: shard count; capped at num_examples so no shard is empty.
+        fmt: "tfrecord" or "parquet".
+        num_classes: label width; every example must match it.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"Unknown shard format {fmt!r}; use one of {', '.join(FORMATS)}.")
+    num_shards = max(1, min(num_shards, num_examples))
+    counts = split_counts(num_examples, num_shards)
+    it = iter(examples)
+    shards = []
+    for index, count in enumerate(counts):
+        batch = [_checked(next(it), num_classes) for _ in range(count)]
+        data = encode_shard(batch, fmt)
+        rel = f"{split}/{shard_name(index, num_shards, fmt)}"
+        storage.write_bytes(storage.join(root, rel), data)
+        labels = np.stack([e.labels for e in batch]).astype(np.int64) if batch else np.zeros((0, num_classes))
+        shards.append(Shard(
+            path=rel,
+            num_examples=len(batch),
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            label_counts=labels.sum(axis=0).astype(int).tolist(),
+        ))
+    return shards
+
+
+def _checked(example: Example, num_classes: int) -> Example:
+    labels = np.asarray(example.labels)
+    if labels.shape != (num_classes,):
+        raise DatasetError(f"Example {example.id} has {labels.size} labels, expected {num_classes}.")
+    if not np.isin(labels, (0, 1)).all():
+        raise DatasetError(f"Example {example.id} has label values other than 0/1: {labels.tolist()}.")
+    return example
+
+
+def encode_shard(examples: Sequence[Example], fmt: str) -> bytes:
+    """Serialise examples into one shard's bytes."""
+    return _encode_tfrecord(examples) if fmt == "tfrecord" else _encode_parquet(examples)
+
+
+def _encode_tfrecord(examples: Sequence[Example]) -> bytes:
+    import tensorflow as tf
+
+    # TFRecordWriter only writes to paths; a local temp file keeps storage.py the only
+    # module that knows where the bytes finally go.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "shard.tfrecord")
+        with tf.io.TFRecordWriter(path) as writer:
+            for e in examples:
+                writer.write(tfrecord_example(e))
+        with open(path, "rb") as fh:
+            return fh.read()
+
+
+def tfrecord_example(example: Example) -> bytes:
+    """A serialised tf.train.Example for one example."""
+    import tensorflow as tf
+
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example.image])),
+        "labels": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in example.labels])),
+        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example.id.encode()])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _encode_parquet(examples: Sequence[Example]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "image": pa.array([e.image for e in examples], type=pa.binary()),
+        "labels": pa.array([[int(v) for v in e.labels] for e in examples], type=pa.list_(pa.int64())),
+        "id": pa.array([e.id for e in examples], type=pa.string()),
+    })
+    buf = io.BytesIO()
+    # Images are already compressed; small row groups keep readers' memory bounded.
+    pq.write_table(table, buf, row_group_size=PARQUET_ROW_GROUP_ROWS, compression="none")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def read_shard(data: bytes, fmt: str, where: str) -> Iterator[Example]:
+    """Parse one shard's bytes into examples.
+
+    Raises:
+        DatasetError naming `where` and the record index when a record is corrupt
+        (a TFRecord CRC mismatch, a truncated file, an unreadable Parquet file).
+    """
+    if fmt == "tfrecord":
+        yield from _read_tfrecord(data, where)
+    else:
+        yield from _read_parquet(data, where)
+
+
+def _read_tfrecord(data: bytes, where: str) -> Iterator[Example]:
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "shard.tfrecord")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        index = 0
+        iterator = iter(tf.data.TFRecordDataset(path))
+        while True:
+            try:
+                raw = next(iterator)
+            except StopIteration:
+                return
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+                raise DatasetError(
+                    f"Shard {where} is corrupt at record {index} ({exc.message.splitlines()[0]}). "
+                    "Re-create the data set or restore the shard from its source."
+                ) from None
+            yield parse_tfrecord_example(raw.numpy(), f"{where} record {index}")
+            index += 1
+
+
+def parse_tfrecord_example(raw: bytes, where: str) -> Example:
+    """Parse one serialised tf.train.Example written by `tfrecord_example`."""
+    import tensorflow as tf
+
+    try:
+        ex = tf.train.Example.FromString(raw)
+        feat = ex.features.feature
+        return Example(
+            id=feat["id"].bytes_list.value[0].decode() if "id" in feat else "",
+            image=feat["image"].bytes_list.value[0],
+            labels=np.asarray(feat["labels"].int64_list.value, dtype=np.int64),
+        )
+    except Exception as exc:  # protobuf raises its own DecodeError type
+        raise DatasetError(f"{where} is not a valid tf.train.Example with image/labels ({exc}).") from None
+
+
+def _read_parquet(data: bytes, where: str) -> Iterator[Example]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"Shard {where} is not a readable Parquet file ({exc}). Re-create the data set.") from None
+    missing = {"image", "labels"} - set(table.column_names)
+    if missing:
+        raise DatasetError(f"Shard {where} lacks column(s) {', '.join(sorted(missing))}.")
+    ids = table.column("id").to_pylist() if "id" in table.column_names else [""] * table.num_rows
+    images = table.column("image").to_pylist()
+    labels = table.column("labels").to_pylist()
+    for i in range(table.num_rows):
+        yield Example(id=ids[i], image=images[i], labels=np.asarray(labels[i], dtype=np.int64))
+
+
+def read_split(root: str, manifest: Manifest, split: str) -> Iterator[tuple[str, Example]]:
+    """Every example of a split, with the URI of its shard."""
+    for uri in manifest.shard_uris(root, split):
+        for example in read_shard(storage.read_bytes(uri), manifest.format, uri):
+            yield uri, example
+
+
+def read_labels(root: str, manifest: Manifest, split: str, limit: int | None = None) -> np.ndarray:
+    """The multi-hot label matrix of a split (optionally only its first `limit` rows)."""
+    rows = []
+    for _, example in read_split(root, manifest, split):
+        rows.append(example.labels)
+        if limit is not None and len(rows) >= limit:
+            break
+    return np.stack(rows) if rows else np.zeros((0, len(manifest.class_names)), dtype=np.int64)

@@ -1,0 +1,218 @@
+"""What every run does around training, in one place: pre-flight checks, the plan, the
+single-process path, and the outputs (config.json, history.json, metrics.json).
+
+The distributed path (`ray_driver.py`) reuses `plan_run`, `finish_run` and the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass
+
+from job import checkpoints, records, storage
+from job.config import Config, config_to_dict, describe
+from job.errors import UserError
+
+log = logging.getLogger("job.run")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything decided before any worker starts; printed by --dry-run."""
+
+    data_uri: str
+    run_uri: str
+    run_name: str
+    manifest: records.Manifest
+    num_workers: int
+    batch_size_per_worker: int
+    global_batch_size: int
+    steps_per_epoch: int
+    validation_steps: int
+    examples_per_worker: int
+
+    def train_plan(self):
+        """The part of the plan every worker needs."""
+        from job.train_loop import TrainPlan
+
+        return TrainPlan(run_uri=self.run_uri, run_name=self.run_name, class_names=tuple(self.manifest.class_names),
+                         steps_per_epoch=self.steps_per_epoch, validation_steps=self.validation_steps,
+                         batch_size_per_worker=self.batch_size_per_worker)
+
+    def describe(self) -> str:
+        m = self.manifest
+        sizes = ", ".join(f"{s} {m.num_examples(s)}" for s in records.SPLITS if s in m.splits)
+        return "\n".join([
+            f"run name          {self.run_name}",
+            f"run location      {self.run_uri}",
+            f"data              {self.data_uri} ({m.format}, {len(m.class_names)} labels: {', '.join(m.class_names)})",
+            f"examples          {sizes}",
+            f"workers           {self.num_workers}",
+            f"batch             {self.batch_size_per_worker} per worker, {self.global_batch_size} global",
+            f"steps per epoch   {self.steps_per_epoch} ({self.examples_per_worker} train examples per worker), "
+            f"{self.validation_steps} validation steps (whole val split on every worker)",
+        ])
+
+
+def resolve_run(output_uri: str, run_name: str | None, cfg: Config) -> tuple[str, str]:
+    """(run URI, run name). The run is `--output`; its name is its last part unless set.
+
+    A stable name is what lets the same command resume instead of starting over.
+    """
+    output_uri = output_uri.rstrip("/")
+    name = run_name or cfg.run_name or storage.basename(output_uri)
+    if not name:
+        raise UserError(f"--output {output_uri!r} has no last path part to name the run; pass --run-name NAME.")
+    if storage.basename(output_uri) != name:
+        output_uri = storage.join(output_uri, name)
+    return output_uri, name
+
+
+def plan_run(cfg: Config, data_uri: str, output_uri: str, run_name: str | None, num_workers: int) -> RunPlan:
+    """Check the data and the run location up front and decide the step counts.
+
+    Raises:
+        UserError for anything that would otherwise fail after expensive work started:
+        missing data set, empty split, too little data for the workers, bad model options,
+        unreachable storage.
+    """
+    from job.model import check_model_options
+
+    check_model_options(cfg.model.backbone, cfg.model.weights, cfg.data.image_size)
+    storage.check_access(data_uri)
+    manifest = records.load_manifest(data_uri)
+    for split in ("train", "val"):
+        if manifest.num_examples(split) == 0:
+            raise records.DatasetError(
+                f"The {split!r} split of {data_uri} is empty. Re-create the data set with a larger "
+                f"{'--val-fraction' if split == 'val' else 'image count'}."
+            )
+    run_uri, name = resolve_run(output_uri, run_name, cfg)
+    storage.check_access(run_uri, write=True)
+    batch = cfg.data.batch_size_per_worker
+    per_worker = manifest.num_examples("train") // num_workers
+    steps = per_worker // batch
+    if steps < 1:
+        raise UserError(
+            f"The train split has {manifest.num_examples('train')} examples: {per_worker} per worker for "
+            f"{num_workers} worker(s), fewer than one batch of {batch}. Use fewer workers "
+            f"(--set scaling.num_workers=N), a smaller data.batch_size_per_worker, or more data."
+        )
+    shards = len(manifest.splits.get("train", []))
+    if shards < num_workers:
+        log.warning("the train split has %d shard(s) for %d workers; Ray Data splits within shards, but reads "
+                    "are less parallel. Re-shard with more shards (synth/prepare --num-shards) for large sets.",
+                    shards, num_workers)
+    return RunPlan(data_uri=data_uri, run_uri=run_uri, run_name=name, manifest=manifest, num_workers=num_workers,
+                   batch_size_per_worker=batch, global_batch_size=batch * num_workers, steps_per_epoch=steps,
+                   validation_steps=-(-manifest.num_examples("val") // batch), examples_per_worker=per_worker)
+
+
+def verify_data(cfg: Config, plan: RunPlan) -> None:
+    """Refuse to train on shards that do not match dataset.json (size, sha256)."""
+    from job.validate import validate_dataset
+
+    report = validate_dataset(plan.data_uri, full_hash=cfg.data.verify_checksums, workers=plan.num_workers,
+                              sample_records=4)
+    if not report.ok:
+        raise records.DatasetError(
+            f"The data set at {plan.data_uri} failed its pre-flight check:\n  - "
+            + "\n  - ".join(report.errors)
+            + f"\nRun `python -m job validate {plan.data_uri}` for the full report; re-create or restore the shards."
+        )
+
+
+def warn_correlated_labels(cfg: Config, plan: RunPlan, limit: int = 5000) -> None:
+    """Warn at start when two labels (nearly) always appear together in the train split."""
+    from job.labels import find_correlated_pairs
+
+    y = records.read_labels(plan.data_uri, plan.manifest, "train", limit=limit)
+    for pair in find_correlated_pairs(y, plan.manifest.class_names, cfg.evaluation.correlated_pair_threshold):
+        log.warning(
+            "labels %r and %r appear together in %.0f%% / %.0f%% of their train images: the model cannot learn "
+            "to tell them apart, and high accuracy on them says nothing about whether it can. "
+            "See `python -m job analyze --data %s`.",
+            pair.first, pair.second, 100 * pair.p_second_given_first, 100 * pair.p_first_given_second, plan.data_uri,
+        )
+
+
+def environment_info() -> dict:
+    """Versions and machine facts saved with every run, for reproducibility."""
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("tensorflow", "tf-keras", "ray", "pyarrow", "boto3", "prometheus-client", "numpy"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions}
+
+
+def write_config(cfg: Config, plan: RunPlan) -> None:
+    """Save the resolved config, the seed, the data set and the package versions with the run."""
+    storage.write_json(storage.join(plan.run_uri, "config.json"), {
+        "config": config_to_dict(cfg),
+        "run_name": plan.run_name,
+        "data": plan.data_uri,
+        "class_names": list(plan.manifest.class_names),
+        "num_workers": plan.num_workers,
+        "global_batch_size": plan.global_batch_size,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "environment": environment_info(),
+    })
+
+
+def finish_run(cfg: Config, plan: RunPlan, history: list[dict]) -> dict:
+    """Evaluate the best checkpoint on every split and write history.json and metrics.json."""
+    from job.evaluate import evaluate_run
+
+    storage.write_json(storage.join(plan.run_uri, "history.json"), history)
+    return evaluate_run(plan.run_uri, data_uri=plan.data_uri, cfg=cfg)
+
+
+# ---------------------------------------------------------------------------- single process
+
+
+class LocalReporter:
+    """Single-process runs: publish rank 0's checkpoints under the run and apply retention."""
+
+    def __init__(self, run_uri: str, keep_best: int):
+        self.run_uri, self.keep_best = run_uri, keep_best
+
+    def report(self, metrics: dict, checkpoint_dir: str | None, epoch: int) -> None:
+        if checkpoint_dir is None:
+            return
+        checkpoints.publish(checkpoint_dir, storage.join(self.run_uri, checkpoints.dir_name(epoch)))
+        checkpoints.remove_local(checkpoint_dir)
+        checkpoints.prune(self.run_uri, self.keep_best)
+
+
+def run_local(cfg: Config, data_uri: str, output_uri: str, run_name: str | None = None, dry_run: bool = False) -> dict | None:
+    """Train in this process (no Ray), then evaluate. Returns metrics.json's content."""
+    from job import inputs, train_loop
+    from job.telemetry import WorkerTelemetry
+
+    plan = plan_run(cfg, data_uri, output_uri, run_name, num_workers=1)
+    log.info("plan:\n%s", plan.describe())
+    if dry_run:
+        return None
+    verify_data(cfg, plan)
+    warn_correlated_labels(cfg, plan)
+    log.info("config:\n%s", describe(cfg))
+    write_config(cfg, plan)
+    tplan = plan.train_plan()
+    telemetry = WorkerTelemetry(plan.run_name, 0, cfg.telemetry.worker_port_base, enabled=cfg.telemetry.enabled)
+    try:
+        history = train_loop.train_worker(
+            cfg, tplan, train_loop.WorkerInfo(),
+            train_examples=lambda: inputs.examples_from_shards(data_uri, plan.manifest, "train", shuffle_shards=True,
+                                                               seed=cfg.training.seed),
+            val_examples=lambda: inputs.examples_from_shards(data_uri, plan.manifest, "val"),
+            reporter=LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
+            telemetry=telemetry,
+        )
+    finally:
+        telemetry.close()
+    return finish_run(cfg, plan, history)
