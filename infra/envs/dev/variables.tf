@@ -1,0 +1,86 @@
+variable "region" {
+  type        = string
+  description = "AWS region of every resource (and AWS_REGION in the aws overlay)."
+  default     = "us-east-1"
+}
+
+variable "name" {
+  type        = string
+  description = "Name prefix of the cluster, role and repository."
+  default     = "multilabel-dev"
+}
+
+variable "subnet_ids" {
+  type        = list(string)
+  description = "Existing private subnets (two or more AZs, with NAT egress) for the cluster and its nodes."
+}
+
+variable "api_public_access_cidrs" {
+  type        = list(string)
+  description = "CIDR blocks allowed to reach the Kubernetes API: where you run terraform and kubectl."
+}
+
+variable "bucket_name" {
+  type        = string
+  description = "Globally unique name of the bucket for datasets and runs."
+}
+
+variable "kubernetes_version" {
+  type        = string
+  description = "Kubernetes minor version of the cluster."
+  default     = "1.32"
+}
+
+variable "system_instance_types" {
+  type        = list(string)
+  description = "Instance types of the CPU node group."
+  default     = ["m6i.xlarge"]
+}
+
+variable "gpu_instance_types" {
+  type        = list(string)
+  description = "Instance types of the GPU node group (cost: the main item of the bill)."
+  default     = ["g5.xlarge"]
+}
+
+variable "gpu_capacity_type" {
+  type        = string
+  description = "ON_DEMAND or SPOT for GPU nodes."
+  default     = "ON_DEMAND"
+}
+
+variable "gpu_node_desired_size" {
+  type        = number
+  description = "GPU nodes running now: 0 while idle, the RayJob's worker count (2) during a run."
+  default     = 0
+}
+
+variable "gpu_node_max_size" {
+  type        = number
+  description = "Cap on GPU nodes (caps GPU spend)."
+  default     = 2
+}
+
+variable "noncurrent_version_expiration_days" {
+  type        = number
+  description = "Days to keep overwritten/deleted checkpoint versions under runs/."
+  default     = 30
+}
+
+variable "kuberay_operator_version" {
+  type        = string
+  description = "kuberay-operator Helm chart version (1.6 or newer)."
+  default     = "1.6.2"
+}
+
+variable "kube_prometheus_stack_version" {
+  type        = string
+  description = "kube-prometheus-stack Helm chart version."
+  default     = "75.15.1"
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Tags added to every resource."
+  default     = { project = "multilabel-job", environment = "dev" }
+}

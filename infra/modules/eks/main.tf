@@ -1,0 +1,225 @@
+# EKS control plane, its IAM OIDC provider (for IRSA), a CPU "system" node group and a
+# GPU node group on the NVIDIA AMI that scales from zero.
+
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+
+locals {
+  account_root = "arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root"
+  # Key policies, not IAM policies: "Resource": "*" there means the key itself.
+  account_administers_key = {
+    Sid       = "AccountAdministers"
+    Effect    = "Allow"
+    Principal = { AWS = local.account_root }
+    Action    = "kms:*"
+    Resource  = "*"
+  }
+}
+
+# --- control plane ---------------------------------------------------------------------
+
+data "aws_iam_policy_document" "cluster_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["eks.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "cluster" {
+  name               = "${var.cluster_name}-cluster"
+  assume_role_policy = data.aws_iam_policy_document.cluster_assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy_attachment" "cluster" {
+  role       = aws_iam_role.cluster.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AmazonEKSClusterPolicy"
+}
+
+# Envelope encryption of Kubernetes Secrets (the Ray token, S3 keys where used).
+resource "aws_kms_key" "secrets" {
+  description         = "Encrypts Kubernetes Secrets of EKS cluster ${var.cluster_name}"
+  enable_key_rotation = true
+  policy = jsonencode({
+    Version   = "2012-10-17"
+    Statement = [local.account_administers_key]
+  })
+  tags                = var.tags
+}
+
+resource "aws_cloudwatch_log_group" "cluster" {
+  # The name EKS writes to; made here so that it has a retention and a key.
+  name              = "/aws/eks/${var.cluster_name}/cluster"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.logs.arn
+  tags              = var.tags
+}
+
+resource "aws_kms_key" "logs" {
+  description         = "Encrypts the control plane logs of EKS cluster ${var.cluster_name}"
+  enable_key_rotation = true
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      local.account_administers_key,
+      {
+        Sid       = "CloudWatchLogsUse"
+        Effect    = "Allow"
+        Principal = { Service = "logs.${data.aws_region.current.name}.amazonaws.com" }
+        Action    = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+        Resource  = "*"
+        Condition = {
+          ArnLike = {
+            "kms:EncryptionContext:aws:logs:arn" = "arn:${data.aws_partition.current.partition}:logs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:log-group:/aws/eks/${var.cluster_name}/cluster"
+          }
+        }
+      },
+    ]
+  })
+  tags                = var.tags
+}
+
+resource "aws_eks_cluster" "this" {
+  # checkov:skip=CKV_AWS_38:public_access_cidrs is var.api_public_access_cidrs, whose validation refuses 0.0.0.0/0; checkov cannot see a value that has no default
+  # checkov:skip=CKV_AWS_39:Terraform's helm provider and kubectl must reach the API from outside the VPC; the public endpoint is limited to var.api_public_access_cidrs (0.0.0.0/0 is refused by validation)
+  name     = var.cluster_name
+  version  = var.kubernetes_version
+  role_arn = aws_iam_role.cluster.arn
+
+  vpc_config {
+    subnet_ids              = var.subnet_ids
+    endpoint_private_access = true
+    endpoint_public_access  = true
+    public_access_cidrs     = var.api_public_access_cidrs
+  }
+
+  access_config {
+    authentication_mode                         = "API"
+    bootstrap_cluster_creator_admin_permissions = true
+  }
+
+  encryption_config {
+    resources = ["secrets"]
+    provider {
+      key_arn = aws_kms_key.secrets.arn
+    }
+  }
+
+  enabled_cluster_log_types = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+
+  tags = var.tags
+
+  depends_on = [
+    aws_iam_role_policy_attachment.cluster,
+    aws_cloudwatch_log_group.cluster,
+  ]
+}
+
+# --- IAM OIDC provider: lets pods assume IAM roles (IRSA) -------------------------------
+
+data "tls_certificate" "oidc" {
+  url = aws_eks_cluster.this.identity[0].oidc[0].issuer
+}
+
+resource "aws_iam_openid_connect_provider" "this" {
+  url             = aws_eks_cluster.this.identity[0].oidc[0].issuer
+  client_id_list  = ["sts.amazonaws.com"]
+  thumbprint_list = [data.tls_certificate.oidc.certificates[0].sha1_fingerprint]
+  tags            = var.tags
+}
+
+# --- nodes -----------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "node_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "node" {
+  name               = "${var.cluster_name}-node"
+  assume_role_policy = data.aws_iam_policy_document.node_assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy_attachment" "node" {
+  for_each = toset([
+    "AmazonEKSWorkerNodePolicy",
+    "AmazonEKS_CNI_Policy",
+    "AmazonEC2ContainerRegistryReadOnly",
+  ])
+  role       = aws_iam_role.node.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/${each.value}"
+}
+
+# Ray head, job submitter, KubeRay operator, Prometheus.
+resource "aws_eks_node_group" "system" {
+  cluster_name    = aws_eks_cluster.this.name
+  node_group_name = "system"
+  node_role_arn   = aws_iam_role.node.arn
+  subnet_ids      = var.subnet_ids
+  version         = var.kubernetes_version
+  ami_type        = "AL2023_x86_64_STANDARD"
+  instance_types  = var.system_instance_types
+  capacity_type   = "ON_DEMAND"
+
+  scaling_config {
+    min_size     = var.system_node_min_size
+    desired_size = var.system_node_desired_size
+    max_size     = var.system_node_max_size
+  }
+
+  labels = {
+    "multilabel.io/pool" = "system"
+  }
+
+  tags       = var.tags
+  depends_on = [aws_iam_role_policy_attachment.node]
+}
+
+# Ray GPU workers. The NVIDIA AMI brings the driver and container toolkit; the device
+# plugin (addons module) advertises nvidia.com/gpu. The taint keeps other pods off.
+resource "aws_eks_node_group" "gpu" {
+  cluster_name    = aws_eks_cluster.this.name
+  node_group_name = "gpu"
+  node_role_arn   = aws_iam_role.node.arn
+  subnet_ids      = var.subnet_ids
+  version         = var.kubernetes_version
+  ami_type        = "AL2023_x86_64_NVIDIA"
+  instance_types  = var.gpu_instance_types
+  capacity_type   = var.gpu_capacity_type
+  disk_size       = var.gpu_disk_size_gib
+
+  scaling_config {
+    min_size     = 0
+    desired_size = var.gpu_node_desired_size
+    max_size     = var.gpu_node_max_size
+  }
+
+  labels = {
+    "multilabel.io/pool" = "gpu"
+  }
+
+  taint {
+    key    = "nvidia.com/gpu"
+    value  = "true"
+    effect = "NO_SCHEDULE"
+  }
+
+  # Lets a cluster autoscaler scale this group up from zero nodes.
+  tags = merge(var.tags, {
+    "k8s.io/cluster-autoscaler/enabled"                               = "true"
+    "k8s.io/cluster-autoscaler/${var.cluster_name}"                   = "owned"
+    "k8s.io/cluster-autoscaler/node-template/label/multilabel.io/pool" = "gpu"
+    "k8s.io/cluster-autoscaler/node-template/taint/nvidia.com/gpu"     = "true:NoSchedule"
+  })
+  depends_on = [aws_iam_role_policy_attachment.node]
+}

@@ -1,0 +1,29 @@
+output "cluster_name" {
+  description = "Name of the EKS cluster (aws eks update-kubeconfig --name ...)."
+  value       = aws_eks_cluster.this.name
+}
+
+output "cluster_endpoint" {
+  description = "URL of the Kubernetes API."
+  value       = aws_eks_cluster.this.endpoint
+}
+
+output "cluster_certificate_authority" {
+  description = "Base64 CA certificate of the Kubernetes API."
+  value       = aws_eks_cluster.this.certificate_authority[0].data
+}
+
+output "oidc_provider_arn" {
+  description = "ARN of the IAM OIDC provider (input of the irsa module)."
+  value       = aws_iam_openid_connect_provider.this.arn
+}
+
+output "oidc_issuer_url" {
+  description = "Issuer URL of the cluster's OIDC provider."
+  value       = aws_eks_cluster.this.identity[0].oidc[0].issuer
+}
+
+output "node_role_arn" {
+  description = "ARN of the node role (pulls from ECR)."
+  value       = aws_iam_role.node.arn
+}

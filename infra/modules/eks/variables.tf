@@ -1,0 +1,96 @@
+variable "cluster_name" {
+  type        = string
+  description = "Name of the EKS cluster."
+}
+
+variable "kubernetes_version" {
+  type        = string
+  description = "Kubernetes minor version of the control plane and node groups, e.g. \"1.32\"."
+  default     = "1.32"
+}
+
+variable "subnet_ids" {
+  type        = list(string)
+  description = "Private subnets (at least two availability zones, with a NAT route) for the control plane's interfaces and the nodes."
+}
+
+variable "api_public_access_cidrs" {
+  type        = list(string)
+  description = "CIDR blocks allowed to reach the public API endpoint (your office or VPN egress). Never 0.0.0.0/0."
+
+  validation {
+    condition     = length(var.api_public_access_cidrs) > 0 && !contains(var.api_public_access_cidrs, "0.0.0.0/0")
+    error_message = "Give at least one CIDR, and not 0.0.0.0/0."
+  }
+}
+
+variable "system_instance_types" {
+  type        = list(string)
+  description = "Instance types of the CPU node group (Ray head, submitter, KubeRay, Prometheus)."
+  default     = ["m6i.xlarge"]
+}
+
+variable "system_node_min_size" {
+  type        = number
+  description = "Minimum size of the CPU node group."
+  default     = 1
+}
+
+variable "system_node_desired_size" {
+  type        = number
+  description = "Desired size of the CPU node group."
+  default     = 2
+}
+
+variable "system_node_max_size" {
+  type        = number
+  description = "Maximum size of the CPU node group."
+  default     = 3
+}
+
+variable "gpu_instance_types" {
+  type        = list(string)
+  description = "Instance types of the GPU node group; the largest cost item (g5.xlarge: 1 A10G GPU)."
+  default     = ["g5.xlarge"]
+}
+
+variable "gpu_capacity_type" {
+  type        = string
+  description = "ON_DEMAND or SPOT for the GPU node group. SPOT is cheaper; the job resumes from checkpoints when a node is reclaimed."
+  default     = "ON_DEMAND"
+
+  validation {
+    condition     = contains(["ON_DEMAND", "SPOT"], var.gpu_capacity_type)
+    error_message = "gpu_capacity_type must be ON_DEMAND or SPOT."
+  }
+}
+
+variable "gpu_node_desired_size" {
+  type        = number
+  description = "GPU nodes running now. 0 when idle (no GPU cost); raise it to the RayJob's worker count before a run."
+  default     = 0
+}
+
+variable "gpu_node_max_size" {
+  type        = number
+  description = "Upper bound on GPU nodes: caps the GPU spend."
+  default     = 2
+}
+
+variable "gpu_disk_size_gib" {
+  type        = number
+  description = "Root volume of each GPU node in GiB (the CUDA image is several GB)."
+  default     = 100
+}
+
+variable "log_retention_days" {
+  type        = number
+  description = "Days to keep the control plane's logs (incl. audit) in CloudWatch."
+  default     = 365
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Tags added to every resource of this module."
+  default     = {}
+}

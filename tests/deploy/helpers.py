@@ -1,0 +1,71 @@
+"""Helpers for the deployment tests: paths, kustomize rendering, walking pod templates."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+# CI clones the repo into a folder with shared/ beside it; the CRD schemas live there.
+SCHEMAS = REPO.parent / "shared" / "schemas"
+OVERLAYS = ("local", "aws")
+TARGETS = ("base",) + OVERLAYS
+
+
+def target_dir(name: str) -> Path:
+    return REPO / "k8s" / ("base" if name == "base" else f"overlays/{name}")
+
+
+def render(name: str) -> str:
+    """`kubectl kustomize` of k8s/base or k8s/overlays/NAME, as YAML text."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed: run scripts/install_deploy_tools.sh (it explains how)")
+    proc = subprocess.run(
+        ["kubectl", "kustomize", str(target_dir(name))],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, f"kubectl kustomize {target_dir(name)} failed:\n{proc.stderr}"
+    return proc.stdout
+
+
+def objects(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = objects(docs, kind)
+    assert len(found) == 1, f"expected exactly one {kind}, found {len(found)}"
+    return found[0]
+
+
+def pod_templates(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(label, pod template) for every pod a workload object makes, RayJob included."""
+    kind, name = doc.get("kind"), doc["metadata"]["name"]
+    spec = doc.get("spec", {})
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
+        yield f"{kind}/{name}", spec["template"]
+    elif kind == "CronJob":
+        yield f"{kind}/{name}", spec["jobTemplate"]["spec"]["template"]
+    elif kind == "Pod":
+        yield f"{kind}/{name}", {"metadata": doc["metadata"], "spec": spec}
+    elif kind == "RayJob":
+        cluster = spec["rayClusterSpec"]
+        yield f"{kind}/{name} head", cluster["headGroupSpec"]["template"]
+        for group in cluster.get("workerGroupSpecs", []):
+            yield f"{kind}/{name} worker group {group['groupName']}", group["template"]
+        if "submitterPodTemplate" in spec:
+            yield f"{kind}/{name} submitter", spec["submitterPodTemplate"]
+
+
+def all_pod_templates(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [pt for d in docs for pt in pod_templates(d)]
+
+
+def containers(template: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = template["spec"]
+    return list(spec.get("initContainers", [])) + list(spec.get("containers", []))
