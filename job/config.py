@@ -42,6 +42,7 @@ class DataConfig:
     prefetch_batches: int = _f(2, "Batches prepared ahead of the model (bounded, not AUTOTUNE).", min=0, max=64)
     parallel_calls: int = _f(0, "Parallel decode calls in tf.data; 0 lets tf.data tune it.", min=0, max=256)
     augment: bool = _f(True, "Random flips and brightness/contrast jitter on training images.")
+    cache_validation: bool = _f(True, "Keep the val split's encoded images in memory after the first epoch.")
     verify_checksums: bool = _f(True, "Check every shard's size and sha256 against dataset.json before training.")
 
 

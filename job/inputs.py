@@ -63,23 +63,37 @@ def examples_from_shards(root: str, manifest: records.Manifest, split: str, *, s
 def examples_from_batches(make_batches: Callable[[], Iterator[Mapping[str, np.ndarray]]], num_classes: int) -> tf.data.Dataset:
     """(image bytes, labels) from an iterator factory of column batches (Ray Data's iter_batches).
 
-    Each batch maps "image" to encoded bytes and "labels" to 0/1 lists of `num_classes`.
-    The factory is called again at every pass, so each epoch streams the shard anew.
+    A batch holds either "image" (encoded bytes) and "labels" (0/1 lists of `num_classes`),
+    as Parquet shards give, or "record" (serialised tf.train.Example), as TFRecord shards
+    give; records are parsed here a whole batch at a time. The factory is called again at
+    every pass, so each epoch streams the shard anew.
     """
-
     def generate():
         for batch in make_batches():
-            labels = np.asarray([np.asarray(v, dtype=np.float32) for v in batch["labels"]], dtype=np.float32)
-            yield np.asarray(batch["image"], dtype=object), labels.reshape(-1, num_classes)
+            if "record" in batch:
+                yield np.asarray(batch["record"], dtype=object), np.zeros((0, num_classes), np.float32)
+            else:
+                labels = np.asarray([np.asarray(v, dtype=np.float32) for v in batch["labels"]], dtype=np.float32)
+                yield np.asarray(batch["image"], dtype=object), labels.reshape(-1, num_classes)
 
     batches = tf.data.Dataset.from_generator(
         generate,
-        output_signature=(
-            tf.TensorSpec([None], tf.string),
-            tf.TensorSpec([None, num_classes], tf.float32),
-        ),
+        output_signature=(tf.TensorSpec([None], tf.string), tf.TensorSpec([None, num_classes], tf.float32)),
     )
-    return batches.unbatch()
+    features = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "labels": tf.io.FixedLenFeature([num_classes], tf.int64),
+    }
+
+    def to_examples(blobs, labels):
+        # No labels column means the blobs are serialised tf.train.Example records.
+        def parse():
+            parsed = tf.io.parse_example(blobs, features)
+            return parsed["image"], tf.cast(parsed["labels"], tf.float32)
+
+        return tf.cond(tf.shape(labels)[0] > 0, lambda: (blobs, labels), parse)
+
+    return batches.map(to_examples).unbatch()
 
 
 # ---------------------------------------------------------------------------- transforms

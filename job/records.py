@@ -299,6 +299,28 @@ def _read_tfrecord(data: bytes, where: str) -> Iterator[Example]:
             index += 1
 
 
+def split_tfrecord(data: bytes, where: str) -> list[bytes]:
+    """The serialised records of a TFRecord file, without TensorFlow.
+
+    Ray Data read tasks use this so they need not import TensorFlow (seconds per process)
+    or parse examples in Python; tf.data parses whole batches on the worker. The framing
+    (8-byte length, 4-byte length CRC, data, 4-byte data CRC) is checked for truncation;
+    the CRCs themselves are verified by `validate` and by the sha256 pre-flight check.
+    """
+    out, pos, end = [], 0, len(data)
+    while pos < end:
+        if pos + 12 > end:
+            raise DatasetError(f"Shard {where} is truncated at record {len(out)} (incomplete header).")
+        length = int.from_bytes(data[pos:pos + 8], "little")
+        start = pos + 12
+        stop = start + length
+        if stop + 4 > end:
+            raise DatasetError(f"Shard {where} is truncated at record {len(out)} ({length} bytes announced).")
+        out.append(data[start:stop])
+        pos = stop + 4
+    return out
+
+
 def parse_tfrecord_example(raw: bytes, where: str) -> Example:
     """Parse one serialised tf.train.Example written by `tfrecord_example`."""
     import tensorflow as tf

@@ -274,7 +274,12 @@ def train_worker(cfg: Config, plan: TrainPlan, info: WorkerInfo,
         return clock.stamp(ds)
 
     def val_fn(_ctx=None):
-        return make_pipeline(val_examples(), cfg.data, training=False, batch_size=batch)
+        examples = val_examples()
+        if cfg.data.cache_validation:
+            # Every rank reads the whole val split each epoch; keep its encoded bytes after
+            # the first pass instead of streaming them again.
+            examples = examples.cache()
+        return make_pipeline(examples, cfg.data, training=False, batch_size=batch)
 
     if info.world_size > 1:
         train_ds = strategy.distribute_datasets_from_function(train_fn)
