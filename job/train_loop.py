@@ -132,6 +132,35 @@ class StepTelemetry(tf_keras.callbacks.Callback):
         self.telemetry.record_step(end - self._start, self.batch_size, wait)
 
 
+class FaultInjection(tf_keras.callbacks.Callback):
+    """Kills this worker process once, for fault-tolerance tests and drills.
+
+    Set JOB_FAULT_KILL="RANK:EPOCH:STEP:MARKER": the worker of that rank SIGKILLs itself at
+    that step of that (1-based) epoch, unless MARKER exists; it creates MARKER first, so a
+    restarted worker group does not die again.
+    """
+
+    def __init__(self, rank: int, spec: str):
+        super().__init__()
+        rank_s, epoch_s, step_s, self.marker = spec.split(":", 3)
+        self.active = int(rank_s) == rank
+        self.epoch, self.step = int(epoch_s), int(step_s)
+        self._current_epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch + 1
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.active and self._current_epoch == self.epoch and batch == self.step and not os.path.exists(self.marker):
+            import signal
+
+            with open(self.marker, "w") as fh:
+                fh.write(f"killed at epoch {self.epoch} step {self.step}\n")
+            log.warning("fault injection: killing this worker (pid %d) at epoch %d step %d",
+                        os.getpid(), self.epoch, self.step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class EpochEnd(tf_keras.callbacks.Callback):
     """At the end of each epoch: checkpoint (every rank saves, rank 0 keeps), report, log.
 
@@ -291,6 +320,8 @@ def train_worker(cfg: Config, plan: TrainPlan, info: WorkerInfo,
     best = dict(state.get("best", {}))
     tcfg = cfg.training
     callbacks: list[tf_keras.callbacks.Callback] = [StepTelemetry(telemetry, clock, batch)]
+    if os.environ.get("JOB_FAULT_KILL"):
+        callbacks.append(FaultInjection(info.rank, os.environ["JOB_FAULT_KILL"]))
     if tcfg.terminate_on_nan:
         callbacks.append(tf_keras.callbacks.TerminateOnNaN())
     reduce_lr = early_stop = None

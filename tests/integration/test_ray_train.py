@@ -1,0 +1,218 @@
+"""Distributed training on a real local Ray cluster (2 workers) against the embedded S3 server.
+
+Each test runs the CLI as a user would (`python -m job train ...` in a subprocess with a
+hard timeout). The data sets are small (64 px synthetic scenes) so a run takes about a
+minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from job import storage
+from tests.cli import kill_group, run_cli, start_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CONFIG = "configs/demo.yaml"
+# Small and fast: 2 workers x 1 CPU, tiny model; telemetry off unless a test scrapes it.
+FAST = ["--set", "model.width=8", "--set", "data.batch_size_per_worker=16", "--set", "telemetry.enabled=false",
+        "--set", "training.early_stopping_patience_epochs=0", "--set", "training.reduce_lr_patience_epochs=0"]
+RUN_TIMEOUT = 420
+CONTRACT_KEYS = {"loss", "binary_accuracy", "cosine_similarity", "micro_f1", "macro_f1", "mean_average_precision",
+                 "hamming_loss", "subset_accuracy", "per_label"}
+
+
+@pytest.fixture(scope="module")
+def data_bucket(s3_server) -> str:
+    name = f"ray-{uuid.uuid4().hex[:12]}"
+    storage.ensure_bucket(f"s3://{name}")
+    return name
+
+
+@pytest.fixture(scope="module")
+def tfrecord_data(data_bucket) -> str:
+    uri = f"s3://{data_bucket}/datasets/tfr"
+    run_cli("synth", "--out", uri, "--num-images", "400", "--num-shards", "4", "--quiet", timeout=180, check=True)
+    return uri
+
+
+def _train(data: str, output: str, *extra: str, env: dict | None = None, timeout: float = RUN_TIMEOUT):
+    return run_cli("train", "--config", CONFIG, "--data", data, "--output", output, *FAST, *extra, env=env,
+                   timeout=timeout)
+
+
+def _history(run_uri: str) -> list[dict]:
+    return storage.read_json(storage.join(run_uri, "history.json"))
+
+
+def _checkpoint_epochs(run_uri: str) -> list[int]:
+    names = {re.search(r"checkpoint_epoch-(\d+)/", u).group(1) for u in storage.list_files(run_uri)
+             if "checkpoint_epoch-" in u}
+    return sorted(int(n) for n in names)
+
+
+def _assert_ok(result):
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+# ---------------------------------------------------------------------------- happy paths
+
+
+@pytest.fixture(scope="module")
+def baseline_run(data_bucket, tfrecord_data) -> str:
+    """An uninterrupted 3-epoch run, the reference for the fault tests."""
+    run = f"s3://{data_bucket}/runs/baseline"
+    _assert_ok(_train(tfrecord_data, run, "--set", "training.epochs=3"))
+    return run
+
+
+def test_two_workers_train_on_tfrecord_shards(baseline_run):
+    metrics = storage.read_json(storage.join(baseline_run, "metrics.json"))
+    for split in ("train", "val", "test"):
+        assert CONTRACT_KEYS <= set(metrics[split]), f"{split} lacks {CONTRACT_KEYS - set(metrics[split])}"
+        assert set(metrics[split]["per_label"]) == {"desert", "mountains", "sea", "sunset", "trees"}
+    assert [row["epoch"] for row in _history(baseline_run)] == [1, 2, 3]
+    assert _checkpoint_epochs(baseline_run), "no checkpoint objects under the run"
+    files = storage.list_files(storage.join(baseline_run, _latest_dir(baseline_run)))
+    assert any(f.endswith("manifest.json") for f in files) and any(".data-" in f for f in files)
+    config = storage.read_json(storage.join(baseline_run, "config.json"))
+    assert config["num_workers"] == 2 and config["global_batch_size"] == 32
+
+
+def _latest_dir(run_uri: str) -> str:
+    return f"checkpoint_epoch-{_checkpoint_epochs(run_uri)[-1]:06d}"
+
+
+def test_two_workers_train_on_parquet_shards(data_bucket):
+    data = f"s3://{data_bucket}/datasets/pq"
+    run_cli("synth", "--out", data, "--num-images", "300", "--format", "parquet", "--num-shards", "1", "--quiet",
+            timeout=180, check=True)
+    run = f"s3://{data_bucket}/runs/parquet"
+    result = _train(data, run, "--set", "training.epochs=1")
+    _assert_ok(result)
+    # One shard for two workers: it trains, and says why reads are less parallel.
+    assert "1 shard(s) for 2 workers" in result.stdout + result.stderr
+    metrics = storage.read_json(storage.join(run, "metrics.json"))
+    assert CONTRACT_KEYS <= set(metrics["test"])
+    assert _checkpoint_epochs(run) == [1]
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+def test_killed_worker_is_restarted_and_resumes_from_latest_checkpoint(data_bucket, tfrecord_data, baseline_run,
+                                                                       tmp_path):
+    run = f"s3://{data_bucket}/runs/killed"
+    marker = tmp_path / "killed"
+    result = _train(tfrecord_data, run, "--set", "training.epochs=3", "--set", "scaling.max_failures=1",
+                    env={"JOB_FAULT_KILL": f"1:3:2:{marker}"})
+    _assert_ok(result)
+    assert marker.exists(), "the fault was never injected"
+    out = result.stdout + result.stderr
+    resumed = [int(m) for m in re.findall(r"resuming from \S+ \(epoch (\d+) done", out)]
+    # The newest checkpoint Ray had registered when rank 1 died: epoch 1 or 2, never 0.
+    assert resumed and resumed[-1] in (1, 2), out[-3000:]
+    history = _history(run)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    base = _history(baseline_run)[-1]["val_loss"]
+    assert abs(history[-1]["val_loss"] - base) < 0.15, (history[-1]["val_loss"], base)
+
+
+def test_killed_worker_without_retries_fails_with_a_clear_error(data_bucket, tfrecord_data, tmp_path):
+    run = f"s3://{data_bucket}/runs/killed-fatal"
+    result = _train(tfrecord_data, run, "--set", "training.epochs=2", "--set", "scaling.max_failures=0",
+                    env={"JOB_FAULT_KILL": f"1:1:2:{tmp_path / 'killed'}"})
+    assert result.returncode == 1
+    assert "Training failed" in result.stderr and "scaling.max_failures" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_stopped_driver_resumes_where_it_left_off(data_bucket, tfrecord_data):
+    run = f"s3://{data_bucket}/runs/driver-stop"
+    args = ["train", "--config", CONFIG, "--data", tfrecord_data, "--output", run, *FAST, "--set", "training.epochs=4"]
+    proc = start_cli(*args)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    try:
+        while time.monotonic() < deadline and 2 not in _checkpoint_epochs(run):
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before epoch 2:\n{proc.stdout.read()[-3000:]}")
+            time.sleep(1)
+        assert 2 in _checkpoint_epochs(run), "no epoch-2 checkpoint within the time limit"
+        time.sleep(2)  # let the manifest land
+    finally:
+        kill_group(proc)
+    assert not storage.exists(storage.join(run, "metrics.json"))
+    result = run_cli(*args, timeout=RUN_TIMEOUT)
+    _assert_ok(result)
+    resumed = [int(m) for m in re.findall(r"resuming from \S+ \(epoch (\d+) done", result.stdout + result.stderr)]
+    assert resumed and resumed[0] >= 2, (result.stdout + result.stderr)[-3000:]
+    assert [row["epoch"] for row in _history(run)] == [1, 2, 3, 4]
+
+
+def test_data_that_cannot_feed_the_workers_fails_before_training(data_bucket):
+    data = f"s3://{data_bucket}/datasets/tiny"
+    run_cli("synth", "--out", data, "--num-images", "30", "--quiet", timeout=120, check=True)
+    start = time.monotonic()
+    result = _train(data, f"s3://{data_bucket}/runs/tiny", timeout=120)
+    assert result.returncode == 1
+    assert "fewer than one batch" in result.stderr and "scaling.num_workers" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - start < 60
+    assert not storage.list_files(f"s3://{data_bucket}/runs/tiny")
+
+
+def test_ray_job_submit_runs_on_a_started_cluster(data_bucket, tfrecord_data, tmp_path):
+    """`ray start --head` + `ray job submit` with the README's entrypoint."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.cli import REPO
+
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    if not shutil.which(ray_bin):
+        pytest.fail("the ray CLI is missing from the environment")
+    # `python` in the entrypoint must be this environment's interpreter, as in an activated venv.
+    env = {**os.environ, "RAY_AUTH_MODE": "token",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    dash_port = _free_port()
+    gcs_port = _free_port()
+    subprocess.run([ray_bin, "start", "--head", f"--port={gcs_port}", "--num-cpus=4", "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--disable-usage-stats"],
+                   env=env, check=True, timeout=180, capture_output=True, text=True)
+    try:
+        run = f"s3://{data_bucket}/runs/submitted"
+        runtime_env = {"env_vars": {k: os.environ[k] for k in ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                                                 "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}}
+        cmd = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash_port}", "--working-dir", str(REPO),
+               "--runtime-env-json", json.dumps(runtime_env), "--",
+               "python", "-m", "job", "train", "--config", CONFIG, "--data", tfrecord_data, "--output", run, *FAST,
+               "--set", "training.epochs=1"]
+        result = None
+        for _ in range(3):  # the job agent can take a moment after `ray start`
+            result = subprocess.run(cmd, env=env, timeout=RUN_TIMEOUT, capture_output=True, text=True)
+            if "No available agent" not in result.stdout + result.stderr:
+                break
+            time.sleep(5)
+        out = result.stdout + result.stderr
+        assert result.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
+        assert _checkpoint_epochs(run) == [1]
+        assert storage.exists(storage.join(run, "metrics.json"))
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, timeout=120, capture_output=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
