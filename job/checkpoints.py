@@ -79,7 +79,7 @@ def verify(local_dir: str) -> list[str]:
         return [f"{MANIFEST} is missing (the checkpoint was not finished)"]
     try:
         files = storage.read_json(path)["files"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, storage.StorageError):
         return [f"{MANIFEST} is unreadable"]
     problems = []
     for name, meta in files.items():

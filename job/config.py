@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -210,7 +211,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     for name, f in fields.items():
         key = prefix + name
         if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
-            values[name] = _build(f.default_factory, raw.get(name) or {}, prefix=key + ".")
+            section = raw.get(name)
+            values[name] = _build(f.default_factory, {} if section is None else section, prefix=key + ".")
             continue
         if name not in raw:
             continue
@@ -234,6 +236,8 @@ def _check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
     if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
         raise ConfigError(f"Config key {key} must be {expected.__name__}, got {value!r} ({type(value).__name__}).")
     meta = f.metadata
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"Config key {key} must be a number, got nan.")
     if meta.get("min") is not None and value < meta["min"]:
         raise ConfigError(f"Config key {key} = {value!r} is below its minimum {meta['min']}. ({meta['help']})")
     if meta.get("max") is not None and value > meta["max"]:

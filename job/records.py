@@ -148,8 +148,10 @@ def load_manifest(root: str) -> Manifest:
         )
     try:
         obj = storage.read_json(uri)
-    except ValueError as exc:
-        raise DatasetError(f"{uri} is not valid JSON ({exc}). Re-create the data set.") from None
+    except (ValueError, storage.StorageError) as exc:
+        if storage.exists(uri):  # readable but not JSON; a storage fault would fail exists() too
+            raise DatasetError(f"{uri} is not valid JSON ({exc}). Re-create the data set.") from None
+        raise
     return Manifest.from_json(obj, uri)
 
 
@@ -279,6 +281,9 @@ def read_shard(data: bytes, fmt: str, where: str) -> Iterator[Example]:
 def _read_tfrecord(data: bytes, where: str) -> Iterator[Example]:
     import tensorflow as tf
 
+    # TensorFlow's reader takes a file cut inside a record header for a clean end of file;
+    # the framing check catches that, the reader below checks the CRCs.
+    split_tfrecord(data, where)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "shard.tfrecord")
         with open(path, "wb") as fh:

@@ -1,0 +1,323 @@
+"""Export a run as a self-contained TensorFlow SavedModel, and predict with it (or with a run).
+
+The SavedModel holds the best checkpoint's weights, the label names and the tuned
+thresholds, so a service needs nothing else. Two signatures:
+
+    serving_default  images: tf.string [None]  encoded JPEG/PNG/GIF/BMP bytes, decoded and
+                     resized exactly as training does (`inputs.decode_image`)
+    predict_images   pixels: float32 [None, S, S, 3]  RGB in [0, 255], already S x S
+
+Both return `probabilities` (float32 [None, k], sigmoid of the logits), `decisions`
+(bool [None, k], probability > the label's threshold) and `labels` (tf.string [None], the
+predicted label names joined by spaces). The loaded object also carries `label_names`
+(string [k]), `thresholds` (float32 [k]) and `image_size` (int32) variables; the label names
+are in `assets/labels.txt` too, and `assets.extra/export.json` records where the model came
+from.
+
+`load_predictor` takes an exported SavedModel folder or a run (then it builds the model in
+this process from the best checkpoint); both answer the same `predict(image_bytes)`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from job import storage
+from job.errors import UserError
+
+log = logging.getLogger("job.export")
+
+SAVED_MODEL_FILE = "saved_model.pb"
+LABELS_ASSET = "labels.txt"
+EXPORT_INFO = "assets.extra/export.json"
+SIGNATURES = ("serving_default", "predict_images")
+DEFAULT_THRESHOLD = 0.5
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def check_image(data: bytes, where: str) -> None:
+    """Raise UserError unless TensorFlow can decode `data` as an image.
+
+    Args:
+        data: the file's bytes.
+        where: the path shown in the message.
+    """
+    import tensorflow as tf
+
+    if not data:
+        raise UserError(f"{where} is empty (0 bytes); pass a JPEG, PNG, GIF or BMP image.")
+    try:
+        tf.io.decode_image(data, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
+        # Keep TensorFlow's reason, without its "{{function_node ...}}" and "[Op:...]" wrapping.
+        detail = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", getattr(exc, "message", "") or type(exc).__name__).strip()
+        raise UserError(f"{where} is not an image TensorFlow can decode ({detail}); pass a JPEG, PNG, GIF or "
+                        f"BMP file.") from None
+
+
+def read_images(uris: list[str]) -> list[bytes]:
+    """Read and check every image up front, so one bad file fails before any work is done.
+
+    Raises:
+        UserError: a file is missing, unreadable, or not an image.
+    """
+    out = []
+    for uri in uris:
+        if not storage.is_s3(uri) and os.path.isdir(uri):
+            raise UserError(f"{uri} is a folder; pass image files (e.g. {uri}/*.jpg).")
+        if not storage.exists(uri):
+            raise UserError(f"image {uri} does not exist; check the path.")
+        data = storage.read_bytes(uri)
+        check_image(data, uri)
+        out.append(data)
+    return out
+
+
+# ---------------------------------------------------------------------------- the module
+
+
+def build_serving_module(model, class_names: list[str], thresholds, image_size: int, labels_file: str | None = None):
+    """Wrap a logits model in a `tf.Module` with the two serving signatures.
+
+    Args:
+        model: tf_keras model taking float32 pixels (None, S, S, 3) in [0, 255], giving logits.
+        class_names: the k label names.
+        thresholds: (k,) probability thresholds.
+        image_size: S.
+        labels_file: a local file with one label per line, saved as an asset (optional).
+    Returns:
+        The module; save it with `tf.saved_model.save(module, dir, signatures=module.signatures())`.
+    """
+    import tensorflow as tf
+
+    from job.inputs import decode_image
+
+    thresholds = np.asarray(thresholds, dtype=np.float32)
+    if thresholds.shape != (len(class_names),):
+        raise UserError(f"{thresholds.size} thresholds for {len(class_names)} labels ({', '.join(class_names)}).")
+    size = int(image_size)
+
+    class ServingModule(tf.Module):
+        def __init__(self):
+            super().__init__(name="multilabel_serving")
+            self.model = model
+            self.label_names = tf.Variable(list(class_names), dtype=tf.string, trainable=False, name="label_names")
+            self.thresholds = tf.Variable(thresholds, dtype=tf.float32, trainable=False, name="thresholds")
+            self.image_size = tf.Variable(size, dtype=tf.int32, trainable=False, name="image_size")
+            if labels_file is not None:
+                self.labels_asset = tf.saved_model.Asset(labels_file)
+
+            @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")])
+            def predict_images(pixels):
+                return self._outputs(pixels)
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+            def serving_default(images):
+                pixels = tf.map_fn(lambda b: decode_image(b, size), images,
+                                   fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+                return self._outputs(pixels)
+
+            self.predict_images = predict_images
+            self.serving_default = serving_default
+
+        def _outputs(self, pixels):
+            logits = tf.cast(self.model(pixels, training=False), tf.float32)
+            probabilities = tf.sigmoid(logits)
+            decisions = probabilities > self.thresholds
+            names = tf.broadcast_to(self.label_names, tf.shape(decisions))
+            labels = tf.strings.reduce_join(tf.ragged.boolean_mask(names, decisions), axis=1, separator=" ")
+            return {"probabilities": probabilities, "decisions": decisions, "labels": labels}
+
+        def signatures(self) -> dict:
+            return {"serving_default": self.serving_default, "predict_images": self.predict_images}
+
+    return ServingModule()
+
+
+# ---------------------------------------------------------------------------- export
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What `export_run` wrote."""
+
+    out_uri: str
+    class_names: list[str]
+    thresholds: list[float]
+    thresholds_source: str
+    image_size: int
+    checkpoint: str
+
+
+def export_run(run_uri: str, out_uri: str) -> ExportInfo:
+    """Export a run's best checkpoint, label names and tuned thresholds as a SavedModel.
+
+    Args:
+        run_uri: the run (train's --output), local or s3://.
+        out_uri: target folder, local or s3://; must be empty or hold an earlier export.
+    Returns:
+        What was exported.
+    Raises:
+        UserError: not a run, no intact checkpoint, a bad thresholds.json, a non-empty target.
+    """
+    import tensorflow as tf
+
+    from job.evaluate import load_best_model, load_run_config, load_thresholds
+
+    run_uri, out_uri = run_uri.rstrip("/"), out_uri.rstrip("/")
+    _check_target(out_uri)
+    cfg, class_names, _ = load_run_config(run_uri)
+    thresholds = load_thresholds(run_uri, class_names)
+    source = "thresholds.json"
+    if thresholds is None:
+        log.warning("the run has no thresholds.json (run `python -m job evaluate --run %s` to tune them); "
+                    "exporting with 0.5 for every label", run_uri)
+        thresholds, source = np.full(len(class_names), DEFAULT_THRESHOLD), "default 0.5"
+    model, restored = load_best_model(run_uri, cfg, len(class_names))
+    work = tempfile.mkdtemp(prefix="export-")
+    try:
+        labels_file = os.path.join(work, LABELS_ASSET)
+        with open(labels_file, "w") as fh:
+            fh.write("\n".join(class_names) + "\n")
+        module = build_serving_module(model, class_names, thresholds, cfg.data.image_size, labels_file)
+        local = out_uri if not storage.is_s3(out_uri) else os.path.join(work, "saved_model")
+        tf.saved_model.save(module, local, signatures=module.signatures())
+        info = ExportInfo(out_uri=out_uri, class_names=list(class_names), thresholds=[float(t) for t in thresholds],
+                          thresholds_source=source, image_size=cfg.data.image_size, checkpoint=restored.uri)
+        os.makedirs(os.path.join(local, os.path.dirname(EXPORT_INFO)), exist_ok=True)
+        with open(os.path.join(local, EXPORT_INFO), "w") as fh:
+            json.dump({"run": run_uri, "checkpoint": restored.uri, "epoch": restored.epoch,
+                       "class_names": info.class_names, "thresholds": info.thresholds,
+                       "thresholds_source": source, "image_size": info.image_size,
+                       "backbone": cfg.model.backbone, "signatures": list(SIGNATURES),
+                       "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, fh, indent=2)
+        if storage.is_s3(out_uri):
+            storage.upload_dir(local, out_uri)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("exported %s (epoch %d) to %s", restored.uri, restored.epoch, out_uri)
+    return info
+
+
+def _check_target(out_uri: str) -> None:
+    """Refuse to mix an export into a folder that holds something else."""
+    if storage.is_s3(out_uri):
+        if storage.exists(out_uri) and not storage.exists(storage.join(out_uri, SAVED_MODEL_FILE)):
+            raise UserError(f"{out_uri} already holds files that are not an exported model; choose an empty prefix.")
+        return
+    if os.path.isfile(out_uri):
+        raise UserError(f"--out {out_uri} is a file; give a folder for the SavedModel.")
+    if os.path.isdir(out_uri) and os.listdir(out_uri) and not os.path.exists(os.path.join(out_uri, SAVED_MODEL_FILE)):
+        raise UserError(f"--out {out_uri} is a non-empty folder that is not an exported model; choose an empty "
+                        f"or new folder.")
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Probabilities and decisions for a batch of images."""
+
+    probabilities: np.ndarray  # (n, k) float32
+    decisions: np.ndarray  # (n, k) bool
+
+
+class Predictor:
+    """A model ready to predict: label names, thresholds, and `predict(list of image bytes)`."""
+
+    class_names: list[str]
+    thresholds: np.ndarray
+    source: str
+
+    def predict(self, images: list[bytes], batch_size: int = 64) -> Prediction:
+        """Probabilities and decisions for encoded images, in order."""
+        probs = [self._probabilities(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        p = np.concatenate(probs) if probs else np.zeros((0, len(self.class_names)), np.float32)
+        return Prediction(p, p > self.thresholds[None, :].astype(np.float32))
+
+    def _probabilities(self, images: list[bytes]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class SavedModelPredictor(Predictor):
+    """An exported SavedModel, through its serving_default signature (bytes in)."""
+
+    def __init__(self, uri: str):
+        import tensorflow as tf
+
+        self._work = None
+        local = uri
+        if storage.is_s3(uri):
+            self._work = tempfile.mkdtemp(prefix="model-")
+            storage.download_dir(uri, self._work)
+            local = self._work
+        try:
+            self._loaded = tf.saved_model.load(local)
+        except Exception as exc:  # noqa: BLE001 - any load failure is a bad model folder
+            raise UserError(f"{uri} could not be loaded as a SavedModel ({type(exc).__name__}: {exc}); "
+                            f"re-export it with `python -m job export --run RUN --out {uri}`.") from None
+        missing = [s for s in SIGNATURES if s not in self._loaded.signatures]
+        if missing or not hasattr(self._loaded, "label_names"):
+            raise UserError(f"{uri} is a SavedModel but not one exported by `python -m job export` "
+                            f"(missing {missing or 'label_names'}); re-export it.")
+        self.class_names = [n.decode() for n in self._loaded.label_names.numpy()]
+        self.thresholds = self._loaded.thresholds.numpy().astype(np.float64)
+        self.source = f"SavedModel {uri}"
+
+    def _probabilities(self, images: list[bytes]) -> np.ndarray:
+        import tensorflow as tf
+
+        out = self._loaded.signatures["serving_default"](images=tf.constant(images, dtype=tf.string))
+        return out["probabilities"].numpy()
+
+
+class RunPredictor(Predictor):
+    """A run's best checkpoint, built in this process (same decode as training)."""
+
+    def __init__(self, uri: str):
+        from job.evaluate import load_best_model, load_run_config, load_thresholds
+
+        cfg, self.class_names, _ = load_run_config(uri)
+        thresholds = load_thresholds(uri, self.class_names)
+        if thresholds is None:
+            log.warning("the run has no thresholds.json; predicting with 0.5 for every label")
+            thresholds = np.full(len(self.class_names), DEFAULT_THRESHOLD)
+        self.thresholds = thresholds
+        self.image_size = cfg.data.image_size
+        self.model, restored = load_best_model(uri, cfg, len(self.class_names))
+        self.source = f"run {uri} ({restored.uri})"
+
+    def _probabilities(self, images: list[bytes]) -> np.ndarray:
+        import tensorflow as tf
+
+        from job.inputs import decode_image
+
+        pixels = tf.stack([decode_image(tf.constant(b), self.image_size) for b in images])
+        return tf.sigmoid(tf.cast(self.model(pixels, training=False), tf.float32)).numpy()
+
+
+def load_predictor(uri: str) -> Predictor:
+    """An exported SavedModel folder or a run, local or s3://.
+
+    Raises:
+        UserError: the folder is neither.
+    """
+    uri = uri.rstrip("/")
+    if storage.exists(storage.join(uri, SAVED_MODEL_FILE)):
+        return SavedModelPredictor(uri)
+    if storage.exists(storage.join(uri, "config.json")):
+        return RunPredictor(uri)
+    raise UserError(f"--model {uri} is neither an exported model (no {SAVED_MODEL_FILE}) nor a run (no "
+                    f"config.json). Pass the folder from `python -m job export` or a `train --output`.")

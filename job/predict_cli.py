@@ -1,0 +1,72 @@
+"""Predict the labels of images with an exported model or a run's best checkpoint.
+
+--model takes the folder written by `python -m job export` (a SavedModel) or a run (train's
+--output; the model is then built in this process). A label is predicted when its
+probability is above its threshold: the thresholds tuned on val, or 0.5 when there are none.
+
+Results go to stdout (logs go to stderr), as a table or as JSON lines:
+  {"image": "a.jpg", "labels": ["sea", "sunset"], "probabilities": {"desert": 0.01, ...}}
+
+Example:
+  python -m job predict --model models/demo a.jpg b.png --format json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+HELP = "Predict labels of images with an exported model or a run."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR_OR_RUN",
+                        help="An exported SavedModel folder or a run (local or s3://).")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="Image files (JPEG, PNG, GIF, BMP), local or s3://.")
+    parser.add_argument("--format", choices=("table", "json"), default="table",
+                        help="table (default) or json (one JSON object per line).")
+    parser.add_argument("--batch-size", type=int, default=64, help="Images per model call (default 64).")
+
+
+def _logs_to_stderr() -> None:
+    """stdout carries the results only, so `--format json` output stays parseable."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
+def format_table(images: list[str], class_names: list[str], probabilities, decisions) -> str:
+    """One row per image: path, predicted labels, every label's probability."""
+    labels = [", ".join(n for n, d in zip(class_names, row) if d) or "(none)" for row in decisions]
+    probs = ["  ".join(f"{n} {p:.3f}" for n, p in zip(class_names, row)) for row in probabilities]
+    w_img = max(len("image"), *(len(i) for i in images))
+    w_lab = max(len("labels"), *(len(label) for label in labels))
+    lines = [f"{'image':<{w_img}}  {'labels':<{w_lab}}  probabilities"]
+    lines += [f"{i:<{w_img}}  {label:<{w_lab}}  {p}" for i, label, p in zip(images, labels, probs)]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from job.errors import UserError
+    from job.export import load_predictor, read_images
+
+    _logs_to_stderr()
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    data = read_images(args.images)
+    predictor = load_predictor(args.model)
+    result = predictor.predict(data, batch_size=args.batch_size)
+    names = predictor.class_names
+    if args.format == "json":
+        for image, probs, decisions in zip(args.images, result.probabilities, result.decisions):
+            print(json.dumps({
+                "image": image,
+                "labels": [n for n, d in zip(names, decisions) if d],
+                "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)},
+                "thresholds": {n: round(float(t), 6) for n, t in zip(names, predictor.thresholds)},
+            }))
+    else:
+        print(format_table(args.images, names, result.probabilities, result.decisions))
+    return 0
