@@ -111,6 +111,14 @@ class Manifest:
             splits = {
                 name: [Shard(**s) for s in body["shards"]] for name, body in obj["splits"].items()
             }
+            width = len(obj["class_names"])
+            for name, shards in splits.items():
+                for shard in shards:
+                    if len(shard.label_counts) != width:
+                        raise DatasetError(
+                            f"{where} lists {width} class_names but shard {shard.path} has {len(shard.label_counts)} "
+                            "label counts: the label width does not match. Re-create the data set."
+                        )
             return cls(
                 format=fmt,
                 class_names=list(obj["class_names"]),

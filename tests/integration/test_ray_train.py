@@ -130,8 +130,11 @@ def test_killed_worker_without_retries_fails_with_a_clear_error(data_bucket, tfr
     result = _train(tfrecord_data, run, "--set", "training.epochs=2", "--set", "scaling.max_failures=0",
                     env={"JOB_FAULT_KILL": f"1:1:2:{tmp_path / 'killed'}"})
     assert result.returncode == 1
-    assert "Training failed" in result.stderr and "scaling.max_failures" in result.stderr, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    # Ray streams the workers' own logs (tracebacks included) above it; the command's last
+    # word is one paragraph naming the rank that died and the cause.
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Training failed: worker rank 1 failed"), result.stderr[-2000:]
+    assert "died" in last and "scaling.max_failures" in last
 
 
 def test_stopped_driver_resumes_where_it_left_off(data_bucket, tfrecord_data):
@@ -203,7 +206,7 @@ def test_ray_job_submit_runs_on_a_started_cluster(data_bucket, tfrecord_data, tm
                 break
             time.sleep(5)
         out = result.stdout + result.stderr
-        assert result.returncode == 0 and "SUCCEEDED" in out, out[-4000:]
+        assert result.returncode == 0 and "succeeded" in out.lower(), out[-4000:]
         assert _checkpoint_epochs(run) == [1]
         assert storage.exists(storage.join(run, "metrics.json"))
     finally:
