@@ -215,7 +215,8 @@ def evaluate_run(run_uri: str, data_uri: str | None = None, cfg: Config | None =
     storage.write_text(storage.join(out, "report.md"),
                        format_report(metrics, class_names, run_uri=run_uri, data_uri=data_uri,
                                      pair_note=format_pair_note(pairs, y_labels, class_names, label_split, preds,
-                                                                thresholds, cfg.evaluation.correlated_pair_threshold)))
+                                                                thresholds, cfg.evaluation.correlated_pair_threshold,
+                                                                data_uri)))
     storage.write_text(storage.join(out, "per_label.csv"), format_per_label_csv(metrics, class_names))
     written = write_plots(out, run_uri, metrics, preds, thresholds, class_names, grid_split, label_split, y_labels,
                           restored.epoch)
@@ -292,7 +293,7 @@ def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_u
         f"- run: `{run_uri}`",
         f"- data: `{data_uri}`",
         f"- checkpoint: `{ck.get('uri')}` (epoch {ck.get('epoch')}, val_loss {_fmt(val_loss)})",
-        f"- examples: " + ", ".join(f"{s} {metrics[s]['num_examples']}" for s in splits),
+        "- examples: " + ", ".join(f"{s} {metrics[s]['num_examples']}" for s in splits),
         "",
         "## Metrics per split (threshold 0.5)",
         "",
@@ -345,7 +346,8 @@ def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_u
 
 
 def format_pair_note(pairs, y: np.ndarray, class_names: list[str], label_split: str,
-                     preds: dict[str, SplitPredictions], thresholds: np.ndarray, threshold: float) -> str:
+                     preds: dict[str, SplitPredictions], thresholds: np.ndarray, threshold: float,
+                     data_uri: str = "URI") -> str:
     """Markdown on label pairs the data (almost) never shows apart, and what that means for the scores.
 
     For each flagged pair, the test images with exactly one of the two labels (if any) show
@@ -375,7 +377,7 @@ def format_pair_note(pairs, y: np.ndarray, class_names: list[str], label_split: 
     lines.append(f"These pairs appear together in at least {threshold:.0%} of both labels' images "
                  f"({label_split} split, {n} images). The data cannot teach the model to tell them apart, so "
                  "high per-label accuracy on them says nothing about whether it can: add images with only one "
-                 "of the two labels. See `python -m job analyze --data URI`.")
+                 f"of the two labels. See `python -m job analyze --data {data_uri}`.")
     lines.append("")
     test = preds.get("test")
     for pr in pairs:
@@ -397,7 +399,7 @@ def _exactly_one_summary(test: SplitPredictions, class_names: list[str], a: str,
     i, j = class_names.index(a), class_names.index(b)
     one = (test.y_true[:, i] > 0) != (test.y_true[:, j] > 0)
     if not one.any():
-        return f"The test split has no image with only one of them, so it cannot show whether the model separates them."
+        return "The test split has no image with only one of them, so it cannot show whether the model separates them."
     probs = sigmoid(test.logits[one][:, [i, j]])
     truth = test.y_true[one][:, [i, j]] > 0
     right_half = np.all((probs > 0.5) == truth, axis=1).mean()

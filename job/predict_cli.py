@@ -5,7 +5,8 @@
 probability is above its threshold: the thresholds tuned on val, or 0.5 when there are none.
 
 Results go to stdout (logs go to stderr), as a table or as JSON lines:
-  {"image": "a.jpg", "labels": ["sea", "sunset"], "probabilities": {"desert": 0.01, ...}}
+  {"image": "a.jpg", "labels": ["sea", "sunset"], "probabilities": {"desert": 0.01, ...},
+   "thresholds": {"desert": 0.27, ...}}
 
 Example:
   python -m job predict --model models/demo a.jpg b.png --format json

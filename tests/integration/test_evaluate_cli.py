@@ -1,0 +1,172 @@
+"""`train` / `evaluate` outputs on a real (tiny) run: files, thresholds, clear errors, s3://.
+
+One run (200 synthetic images, 2 epochs, `train --local`) is trained once per session and
+shared with tests/integration/test_export_predict.py; tests that break a run copy it first.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from job import storage
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SPLITS = ("train", "val", "test")
+SPLIT_KEYS = {"loss", "binary_accuracy", "cosine_similarity", "micro_f1", "macro_f1", "mean_average_precision",
+              "hamming_loss", "subset_accuracy", "per_label", "tuned", "num_examples"}
+LABEL_KEYS = {"support", "precision", "recall", "f1", "average_precision", "binary_accuracy", "threshold"}
+PNG_SIZES = {"predictions.png": (1320, 1370), "per_label.png": (1600, 750), "cooccurrence.png": (1025, 875),
+             "history.png": (1500, 480)}
+TIMEOUT_SECONDS = 300
+
+
+def run_job(*args: str, timeout: int = TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "job", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def shared_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(data, run) of the session's tiny trained run; trained on first use."""
+    base = tmp_path_factory.getbasetemp() / "shared-evaluation-run"
+    data, run = base / "data", base / "run"
+    if not (base / "ready").exists():
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir()
+        done = run_job("synth", "--out", str(data), "--num-images", "200", "--quiet")
+        assert done.returncode == 0, done.stderr
+        done = run_job("train", "--local", "--config", "configs/demo.yaml", "--data", str(data), "--output", str(run),
+                       "--set", "training.epochs=2", "--set", "telemetry.enabled=false",
+                       "--set", "training.tensorboard=false")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        (base / "ready").touch()
+    return data, run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return shared_run(tmp_path_factory)
+
+
+def assert_clean_error(done: subprocess.CompletedProcess, *words: str) -> None:
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "error: " in done.stderr
+    for word in words:
+        assert word in done.stderr, done.stderr[-2000:]
+
+
+def check_outputs(read, exists) -> dict:
+    """Assert every evaluation file is there and parses; returns metrics.json."""
+    metrics = json.loads(read("metrics.json"))
+    for split in SPLITS:
+        assert SPLIT_KEYS <= set(metrics[split]), split
+        assert set(metrics[split]["per_label"]) == {"desert", "mountains", "sea", "sunset", "trees"}
+        for report in metrics[split]["per_label"].values():
+            assert LABEL_KEYS <= set(report)
+    assert metrics["checkpoint"]["epoch"] in (1, 2)
+    thresholds = json.loads(read("thresholds.json"))
+    assert len(thresholds["thresholds"]) == 5
+    rows = list(csv.DictReader(io.StringIO(read("per_label.csv").decode())))
+    assert {"split", "label", "support", "threshold", "precision_at_0.5", "recall_at_0.5", "f1_at_0.5",
+            "binary_accuracy_at_0.5", "precision_tuned", "recall_tuned", "f1_tuned", "binary_accuracy_tuned",
+            "average_precision"} == set(rows[0])
+    assert len(rows) == 15
+    for r in rows:
+        t = metrics[r["split"]]["tuned"]["per_label"][r["label"]]
+        assert float(r["threshold"]) == pytest.approx(t["threshold"], abs=1e-6)
+        assert float(r["f1_tuned"]) == pytest.approx(t["f1"], abs=1e-6)
+    report = read("report.md").decode()
+    for section in ("## Metrics per split", "## test: threshold 0.5 vs tuned", "## Per label (test)",
+                    "## Correlated labels"):
+        assert section in report
+    assert f"{metrics['test']['macro_f1']:.4f}" in report
+    for name, size in PNG_SIZES.items():
+        assert exists(name), name
+        image = Image.open(io.BytesIO(read(name)))
+        assert image.format == "PNG" and image.size == size, name
+    return metrics
+
+
+def test_train_writes_every_evaluation_output(trained):
+    _, run = trained
+    check_outputs(lambda name: (run / name).read_bytes(), lambda name: (run / name).stat().st_size > 1000)
+
+
+def test_tuned_thresholds_do_not_lower_val_f1(trained):
+    _, run = trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    val = metrics["val"]
+    assert val["tuned"]["macro_f1"] >= val["macro_f1"] - 1e-12
+    for name, at_half in val["per_label"].items():
+        assert val["tuned"]["per_label"][name]["f1"] >= at_half["f1"] - 1e-12, name
+
+
+def test_evaluate_cli_writes_to_output_folder(trained, tmp_path):
+    data, run = trained
+    out = tmp_path / "eval"
+    done = run_job("evaluate", "--run", str(run), "--data", str(data), "--output", str(out), "--splits", "val,test")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"val", "test", "checkpoint"}
+    assert {"report.md", "per_label.csv", "predictions.png", "per_label.png", "cooccurrence.png", "history.png",
+            "thresholds.json"} <= set(os.listdir(out))
+    # The same checkpoint and data give the same numbers as the run's own evaluation.
+    original = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["macro_f1"] == pytest.approx(original["test"]["macro_f1"], abs=1e-6)
+
+
+def test_evaluate_run_without_checkpoints(trained, tmp_path):
+    _, run = trained
+    empty = tmp_path / "no-checkpoints"
+    empty.mkdir()
+    shutil.copy(run / "config.json", empty / "config.json")
+    assert_clean_error(run_job("evaluate", "--run", str(empty)), "no intact checkpoint", "Train it first")
+
+
+def test_evaluate_data_with_other_class_names(trained, tmp_path):
+    data, run = trained
+    other = tmp_path / "other-labels"
+    shutil.copytree(data, other)
+    manifest = json.loads((other / "dataset.json").read_text())
+    manifest["class_names"] = ["cat", "dog", "fish", "bird", "frog"]
+    (other / "dataset.json").write_text(json.dumps(manifest))
+    assert_clean_error(run_job("evaluate", "--run", str(run), "--data", str(other), "--output", str(tmp_path / "o")),
+                       "has labels ['cat'", "the run was trained on")
+
+
+def test_evaluate_with_thresholds_of_wrong_width(trained, tmp_path):
+    _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "thresholds.json").write_text(json.dumps({"thresholds": [0.5, 0.5, 0.5]}))
+    # Without val, evaluation uses the saved thresholds: it must refuse a file of the wrong width.
+    assert_clean_error(run_job("evaluate", "--run", str(copy), "--splits", "test"),
+                       "has 3 threshold(s), but the run has 5 labels")
+
+
+def test_evaluate_an_s3_run(trained, bucket):
+    data, run = trained
+    s3_data, s3_run = f"s3://{bucket}/datasets/tiny", f"s3://{bucket}/runs/tiny"
+    storage.upload_dir(str(data), s3_data)
+    storage.upload_dir(str(run), s3_run)
+    for name in ("metrics.json", "report.md", "per_label.csv", *PNG_SIZES):
+        storage.delete(storage.join(s3_run, name))
+    done = run_job("evaluate", "--run", s3_run, "--data", s3_data)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = check_outputs(lambda name: storage.read_bytes(storage.join(s3_run, name)),
+                            lambda name: storage.size(storage.join(s3_run, name)) > 1000)
+    local = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["macro_f1"] == pytest.approx(local["test"]["macro_f1"], abs=1e-6)
