@@ -218,6 +218,7 @@ def run_distributed(cfg: Config, data_uri: str, output_uri: str, run_name: str |
         telemetry.set_state("failed")
         _linger(cfg, telemetry)
         raise
+    telemetry.add_s3_retries(storage.retry_count())
     telemetry.set_state("succeeded")
     _linger(cfg, telemetry)
     return metrics

@@ -132,6 +132,17 @@ class StepTelemetry(tf_keras.callbacks.Callback):
         self.telemetry.record_step(end - self._start, self.batch_size, wait)
 
 
+class LearningRateLog(tf_keras.callbacks.Callback):
+    """Puts the current learning rate into the epoch logs, so TensorBoard and history get it.
+
+    Keras passes one logs dict down the callback list, so this must come before TensorBoard.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
+
+
 class FaultInjection(tf_keras.callbacks.Callback):
     """Kills this worker process once, for fault-tolerance tests and drills.
 
@@ -176,6 +187,7 @@ class EpochEnd(tf_keras.callbacks.Callback):
         self.reduce_lr, self.early_stop = reduce_lr, early_stop
         self.history, self.best = history, best
         self._epoch_start = time.perf_counter()
+        self._s3_retries = storage.retry_count()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
@@ -184,17 +196,22 @@ class EpochEnd(tf_keras.callbacks.Callback):
         done = epoch + 1
         seconds = time.perf_counter() - self._epoch_start
         row = {"epoch": done, **{k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}}
-        row["learning_rate"] = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
+        next_lr = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
+        row.setdefault("learning_rate", next_lr)
+        row.pop("lr", None)
         row["epoch_seconds"] = seconds
         self.history.append(row)
         val_loss = row.get("val_loss", float("nan"))
         if not math.isnan(val_loss) and val_loss < self.best.get("val_loss", float("inf")):
             self.best.update(val_loss=val_loss, epoch=done)
         self.telemetry.record_epoch(done, row)
+        retries = storage.retry_count()
+        self.telemetry.add_s3_retries(retries - self._s3_retries)
+        self._s3_retries = retries
 
         last = done >= self.cfg.training.epochs or bool(self.model.stop_training)
         save = last or done % self.cfg.checkpoint.every_epochs == 0
-        ckpt_dir = self._save(done, row) if save else None
+        ckpt_dir = self._save(done, row, next_lr) if save else None
         metrics = {k: v for k, v in row.items() if isinstance(v, float) and not math.isnan(v)} | {"epoch": done}
         self.reporter.report(metrics, ckpt_dir if self.info.rank == 0 else None, done)
         if ckpt_dir and self.info.rank != 0:
@@ -202,7 +219,7 @@ class EpochEnd(tf_keras.callbacks.Callback):
         if self.info.rank == 0:
             self._log_line(done, row, seconds)
 
-    def _save(self, epoch: int, row: dict) -> str:
+    def _save(self, epoch: int, row: dict, next_lr: float) -> str:
         start = time.perf_counter()
         local = tempfile.mkdtemp(prefix=f"ckpt-r{self.info.rank}-")
         try:
@@ -212,7 +229,7 @@ class EpochEnd(tf_keras.callbacks.Callback):
                 state = {
                     "epoch": epoch,
                     "val_loss": row.get("val_loss"),
-                    "learning_rate": row["learning_rate"],
+                    "learning_rate": next_lr,  # what the next epoch uses, after ReduceLR
                     "best": dict(self.best),
                     "reduce_lr": self.reduce_lr.snapshot() if self.reduce_lr else None,
                     "early_stopping": self.early_stop.snapshot() if self.early_stop else None,
@@ -319,7 +336,8 @@ def train_worker(cfg: Config, plan: TrainPlan, info: WorkerInfo,
     history: list[dict] = list(state.get("history", []))
     best = dict(state.get("best", {}))
     tcfg = cfg.training
-    callbacks: list[tf_keras.callbacks.Callback] = [StepTelemetry(telemetry, clock, batch)]
+    # LearningRateLog first: it records the rate this epoch used, before ReduceLR changes it.
+    callbacks: list[tf_keras.callbacks.Callback] = [LearningRateLog(), StepTelemetry(telemetry, clock, batch)]
     if os.environ.get("JOB_FAULT_KILL"):
         callbacks.append(FaultInjection(info.rank, os.environ["JOB_FAULT_KILL"]))
     if tcfg.terminate_on_nan:
