@@ -12,13 +12,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from job import storage
+
+from tests.cli import run_cli
+from tests.trained_run import shared_run
 
 pytestmark = pytest.mark.integration
 
@@ -29,30 +31,8 @@ SPLIT_KEYS = {"loss", "binary_accuracy", "cosine_similarity", "micro_f1", "macro
 LABEL_KEYS = {"support", "precision", "recall", "f1", "average_precision", "binary_accuracy", "threshold"}
 PNG_SIZES = {"predictions.png": (1320, 1370), "per_label.png": (1600, 750), "cooccurrence.png": (1025, 875),
              "history.png": (1500, 480)}
-TIMEOUT_SECONDS = 300
 
 
-def run_job(*args: str, timeout: int = TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "job", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def shared_run(tmp_path_factory) -> tuple[Path, Path]:
-    """(data, run) of the session's tiny trained run; trained on first use."""
-    base = tmp_path_factory.getbasetemp() / "shared-evaluation-run"
-    data, run = base / "data", base / "run"
-    if not (base / "ready").exists():
-        shutil.rmtree(base, ignore_errors=True)
-        base.mkdir()
-        done = run_job("synth", "--out", str(data), "--num-images", "200", "--quiet")
-        assert done.returncode == 0, done.stderr
-        done = run_job("train", "--local", "--config", "configs/demo.yaml", "--data", str(data), "--output", str(run),
-                       "--set", "training.epochs=2", "--set", "telemetry.enabled=false",
-                       "--set", "training.tensorboard=false")
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        (base / "ready").touch()
-    return data, run
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +97,7 @@ def test_tuned_thresholds_do_not_lower_val_f1(trained):
 def test_evaluate_cli_writes_to_output_folder(trained, tmp_path):
     data, run = trained
     out = tmp_path / "eval"
-    done = run_job("evaluate", "--run", str(run), "--data", str(data), "--output", str(out), "--splits", "val,test")
+    done = run_cli("evaluate", "--run", str(run), "--data", str(data), "--output", str(out), "--splits", "val,test")
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"val", "test", "checkpoint"}
@@ -133,7 +113,7 @@ def test_evaluate_run_without_checkpoints(trained, tmp_path):
     empty = tmp_path / "no-checkpoints"
     empty.mkdir()
     shutil.copy(run / "config.json", empty / "config.json")
-    assert_clean_error(run_job("evaluate", "--run", str(empty)), "no intact checkpoint", "Train it first")
+    assert_clean_error(run_cli("evaluate", "--run", str(empty)), "no intact checkpoint", "Train it first")
 
 
 def test_evaluate_data_with_other_class_names(trained, tmp_path):
@@ -143,7 +123,7 @@ def test_evaluate_data_with_other_class_names(trained, tmp_path):
     manifest = json.loads((other / "dataset.json").read_text())
     manifest["class_names"] = ["cat", "dog", "fish", "bird", "frog"]
     (other / "dataset.json").write_text(json.dumps(manifest))
-    assert_clean_error(run_job("evaluate", "--run", str(run), "--data", str(other), "--output", str(tmp_path / "o")),
+    assert_clean_error(run_cli("evaluate", "--run", str(run), "--data", str(other), "--output", str(tmp_path / "o")),
                        "has labels ['cat'", "the run was trained on")
 
 
@@ -153,7 +133,7 @@ def test_evaluate_with_thresholds_of_wrong_width(trained, tmp_path):
     shutil.copytree(run, copy)
     (copy / "thresholds.json").write_text(json.dumps({"thresholds": [0.5, 0.5, 0.5]}))
     # Without val, evaluation uses the saved thresholds: it must refuse a file of the wrong width.
-    assert_clean_error(run_job("evaluate", "--run", str(copy), "--splits", "test"),
+    assert_clean_error(run_cli("evaluate", "--run", str(copy), "--splits", "test"),
                        "has 3 threshold(s), but the run has 5 labels")
 
 
@@ -164,7 +144,7 @@ def test_evaluate_an_s3_run(trained, bucket):
     storage.upload_dir(str(run), s3_run)
     for name in ("metrics.json", "report.md", "per_label.csv", *PNG_SIZES):
         storage.delete(storage.join(s3_run, name))
-    done = run_job("evaluate", "--run", s3_run, "--data", s3_data)
+    done = run_cli("evaluate", "--run", s3_run, "--data", s3_data)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     metrics = check_outputs(lambda name: storage.read_bytes(storage.join(s3_run, name)),
                             lambda name: storage.size(storage.join(s3_run, name)) > 1000)

@@ -7,43 +7,22 @@ once, on first use, by whichever module runs first).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.cli import run_cli
+from tests.trained_run import shared_run
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["desert", "mountains", "sea", "sunset", "trees"]
-TIMEOUT_SECONDS = 300
 
 
-def run_job(*args: str, timeout: int = TIMEOUT_SECONDS) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "job", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def shared_run(tmp_path_factory) -> tuple[Path, Path]:
-    """(data, run) of the session's tiny trained run; trained on first use (same as test_evaluate_cli)."""
-    base = tmp_path_factory.getbasetemp() / "shared-evaluation-run"
-    data, run = base / "data", base / "run"
-    if not (base / "ready").exists():
-        shutil.rmtree(base, ignore_errors=True)
-        base.mkdir()
-        done = run_job("synth", "--out", str(data), "--num-images", "200", "--quiet")
-        assert done.returncode == 0, done.stderr
-        done = run_job("train", "--local", "--config", "configs/demo.yaml", "--data", str(data), "--output", str(run),
-                       "--set", "training.epochs=2", "--set", "telemetry.enabled=false",
-                       "--set", "training.tensorboard=false")
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        (base / "ready").touch()
-    return data, run
 
 
 def assert_clean_error(done: subprocess.CompletedProcess, *words: str) -> None:
@@ -59,7 +38,7 @@ def exported(tmp_path_factory):
     data, run = shared_run(tmp_path_factory)
     base = tmp_path_factory.mktemp("export")
     model = base / "model"
-    done = run_job("export", "--run", str(run), "--out", str(model))
+    done = run_cli("export", "--run", str(run), "--out", str(model))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "serving_default" in done.stdout
     from job import records
@@ -121,7 +100,7 @@ def test_predict_json_lines_with_export_and_with_run(exported):
     expected = in_process_probabilities(run, images)
     thresholds = np.array(json.loads((run / "thresholds.json").read_text())["thresholds"])
     for model in (model_dir, run):
-        done = run_job("predict", "--model", str(model), *map(str, images), "--format", "json")
+        done = run_cli("predict", "--model", str(model), *map(str, images), "--format", "json")
         assert done.returncode == 0, done.stderr[-3000:]
         lines = [json.loads(line) for line in done.stdout.splitlines()]
         assert [row["image"] for row in lines] == [str(p) for p in images]
@@ -133,7 +112,7 @@ def test_predict_json_lines_with_export_and_with_run(exported):
 
 def test_predict_table_is_the_default(exported):
     _, _, model_dir, images = exported
-    done = run_job("predict", "--model", str(model_dir), *map(str, images[:2]))
+    done = run_cli("predict", "--model", str(model_dir), *map(str, images[:2]))
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["image", "labels", "probabilities"]
@@ -145,13 +124,13 @@ def test_predict_rejects_a_file_that_is_not_an_image(exported, tmp_path):
     _, _, model_dir, images = exported
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a picture")
-    assert_clean_error(run_job("predict", "--model", str(model_dir), str(images[0]), str(bad)),
+    assert_clean_error(run_cli("predict", "--model", str(model_dir), str(images[0]), str(bad)),
                        f"{bad} is not an image TensorFlow can decode")
 
 
 def test_predict_rejects_a_folder_that_is_neither_model_nor_run(exported, tmp_path):
     _, _, _, images = exported
-    assert_clean_error(run_job("predict", "--model", str(tmp_path), str(images[0])),
+    assert_clean_error(run_cli("predict", "--model", str(tmp_path), str(images[0])),
                        "is neither an exported model", "config.json")
 
 
@@ -160,6 +139,6 @@ def test_export_with_thresholds_of_wrong_width(exported, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     (copy / "thresholds.json").write_text(json.dumps({"class_names": NAMES, "thresholds": [0.5, 0.5]}))
-    assert_clean_error(run_job("export", "--run", str(copy), "--out", str(tmp_path / "m")),
+    assert_clean_error(run_cli("export", "--run", str(copy), "--out", str(tmp_path / "m")),
                        "has 2 threshold(s), but the run has 5 labels")
     assert not (tmp_path / "m").exists()

@@ -199,10 +199,12 @@ def test_ray_job_submit_runs_on_a_started_cluster(data_bucket, tfrecord_data, tm
                "--runtime-env-json", json.dumps(runtime_env), "--",
                "python", "-m", "job", "train", "--config", CONFIG, "--data", tfrecord_data, "--output", run, *FAST,
                "--set", "training.epochs=1"]
-        result = None
-        for _ in range(3):  # the job agent can take a moment after `ray start`
+        # The job agent can take a while to register after `ray start` on a busy machine;
+        # the submission is refused (not queued) until it has.
+        deadline = time.monotonic() + 180
+        while True:
             result = subprocess.run(cmd, env=env, timeout=RUN_TIMEOUT, capture_output=True, text=True)
-            if "No available agent" not in result.stdout + result.stderr:
+            if "No available agent" not in result.stdout + result.stderr or time.monotonic() > deadline:
                 break
             time.sleep(5)
         out = result.stdout + result.stderr
