@@ -255,12 +255,20 @@ def test_examples_from_shards_without_the_split_names_it(tmp_path):
 
 
 def _narrow_manifest(tmp_path, fmt) -> tuple[str, records.Manifest]:
-    """A data set whose shards hold 4 labels but whose dataset.json was edited to list 3 class names."""
+    """Shards holding 4 labels under a dataset.json edited consistently to list 3 class names.
+
+    (An edit that leaves the label counts 4 wide is refused by load_manifest itself; this one
+    can only be caught when the shard is read.)
+    """
     root = str(tmp_path / "ds")
     _write(root, fmt, {"train": (4, 1)}, k=4)
     path = tmp_path / "ds" / "dataset.json"
     obj = json.loads(path.read_text())
     obj["class_names"] = ["a", "b", "c"]
+    for body in obj["splits"].values():
+        body["label_counts"] = body["label_counts"][:3]
+        for shard in body["shards"]:
+            shard["label_counts"] = shard["label_counts"][:3]
     path.write_text(json.dumps(obj))
     return root, records.load_manifest(root)
 
