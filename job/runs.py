@@ -80,6 +80,8 @@ def plan_run(cfg: Config, data_uri: str, output_uri: str, run_name: str | None, 
     from job.model import check_model_options
 
     check_model_options(cfg.model.backbone, cfg.model.weights, cfg.data.image_size)
+    if storage.is_s3(cfg.model.weights) and not storage.exists(cfg.model.weights):
+        raise UserError(f"model.weights {cfg.model.weights} does not exist. Pass an existing weights file, or 'none'.")
     storage.check_access(data_uri)
     manifest = records.load_manifest(data_uri)
     for split in ("train", "val"):

@@ -295,9 +295,10 @@ def train_worker(cfg: Config, plan: TrainPlan, info: WorkerInfo,
             log.info("run already finished %d/%d epochs; nothing to train", start_epoch, cfg.training.epochs)
         return list(state.get("history", []))
 
+    weights = local_weights(cfg.model.weights)
     with strategy.scope():
         model = build_model(cfg.model.backbone, len(plan.class_names), cfg.data.image_size,
-                            weights=cfg.model.weights, freeze_backbone=cfg.model.freeze_backbone,
+                            weights=weights, freeze_backbone=cfg.model.freeze_backbone,
                             width=cfg.model.width, dropout_rate=cfg.model.dropout_rate,
                             precision=cfg.training.precision, seed=seed)
         compile_model(model, learning_rate=cfg.training.learning_rate, jit_compile=cfg.training.jit_compile)
@@ -361,6 +362,16 @@ def train_worker(cfg: Config, plan: TrainPlan, info: WorkerInfo,
     model.fit(train_ds, epochs=tcfg.epochs, initial_epoch=start_epoch, steps_per_epoch=plan.steps_per_epoch,
               validation_data=val_ds, validation_steps=plan.validation_steps, callbacks=callbacks, verbose=0)
     return history
+
+
+def local_weights(weights: str) -> str:
+    """model.weights as a local path: an s3:// weights file is fetched to a temp folder first."""
+    if not storage.is_s3(weights):
+        return weights
+    local = os.path.join(tempfile.mkdtemp(prefix="weights-"), storage.basename(weights))
+    with open(local, "wb") as fh:
+        fh.write(storage.read_bytes(weights))
+    return local
 
 
 class TensorBoardSync(tf_keras.callbacks.Callback):
