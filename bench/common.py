@@ -1,0 +1,155 @@
+"""Shared helpers: timing windows, medians, machine facts, subprocess sections with timeouts.
+
+Every measurement runs in its own subprocess (`python -m bench.<module> ...`) so a hang is
+killed by a timeout, each has a clean peak RSS, and Ray/TensorFlow state never leaks
+between sections. A section writes its figures as JSON to the path given by `--result`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+# Quiet frameworks before anything imports them (sections import this module first).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RAY_ACCEPT_CALLS_FROM_CHILD_PROCESSES", "1")
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def time_batches(iterator: Iterator, warmup_batches: int, batches: int, batch_size: int) -> float:
+    """Images/s of `batches` batches taken from `iterator` after `warmup_batches`.
+
+    The warm-up drains whatever the pipeline buffered while it sat idle, so the timed
+    window starts in steady state, not with full buffers.
+    """
+    for _ in range(warmup_batches):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def interleaved(measures: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Run each measure `repeats` times, round-robin, so load drift hits all of them alike."""
+    out: dict[str, list[float]] = {name: [] for name in measures}
+    for _ in range(repeats):
+        for name, measure in measures.items():
+            out[name].append(measure())
+    return out
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": _gpu_name()}
+
+
+def _gpu_name() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+    return ", ".join(names) if out.returncode == 0 and names else None
+
+
+def write_result(path: str, obj: dict) -> None:
+    obj = dict(obj, peak_rss_bytes=peak_rss_bytes(), load_average_end=load_average())
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=2)
+
+
+def quiet_logs() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("ray", "tensorflow", "absl", "botocore", "urllib3", "werkzeug", "job"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+class SectionFailed(RuntimeError):
+    pass
+
+
+def run_section(module: str, args: list[str], result_path: str, timeout_seconds: float, log_path: str) -> dict:
+    """Run `python -m bench.<module> ARGS --result PATH` with a hard timeout; return its JSON.
+
+    The child gets its own process group, so a timeout kills it and everything it started
+    (Ray's raylet and workers included); a hung section never hangs the suite.
+    """
+    if os.path.exists(result_path):
+        os.remove(result_path)
+    cmd = [sys.executable, "-m", f"bench.{module}", *args, "--result", result_path]
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise SectionFailed(f"bench.{module} did not finish within {timeout_seconds:.0f} s; log: {log_path}")
+        finally:
+            _kill_group(proc)  # stray children (Ray) of a finished section
+    if rc != 0 or not os.path.exists(result_path):
+        raise SectionFailed(f"bench.{module} exited {rc}; log: {log_path}\n{_tail(log_path)}")
+    with open(result_path) as fh:
+        result = json.load(fh)
+    result["section_wall_seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail(path: str, lines: int = 30) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+    except OSError:
+        return ""

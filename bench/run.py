@@ -1,0 +1,201 @@
+"""The CPU benchmark suite: one command, `make bench` (= `python -m bench.run`).
+
+    python -m bench.run [--workdir /tmp/multilabel-bench] [--out bench/results.json] [--quick]
+                        [--sections data,pipeline,s3,trainer,scaling,checkpoint]
+
+Every section runs in its own subprocess with a hard timeout (see bench/common.py) on the
+same generated shards (224 px synthetic scenes, TFRecord and Parquet, in --workdir, never
+in the repository). Figures are medians over repeated, warmed-up windows. Writes
+bench/results.json (the contract in DESIGN.md, plus details under "detail") and
+bench/results.md (each ratio with its target and whether it is met).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+from bench import common
+
+SECTIONS = ("data", "pipeline", "s3", "trainer", "scaling", "checkpoint")
+
+# ratio key: (description, test, target text)
+TARGETS = {
+    "local_over_decode": ("local TFRecord pipeline / decode ceiling", lambda r: r >= 0.8, ">= 0.8"),
+    "s3_over_local": ("S3 via Ray Data / local (TFRecord)", lambda r: r >= 0.9, ">= 0.9"),
+    "parquet_over_tfrecord": ("Parquet / TFRecord (local)", lambda r: 0.8 <= r <= 1.25, "0.8 - 1.25"),
+    "trainer_over_fit": ("TensorflowTrainer (1 worker) / plain fit, epoch time", lambda r: r <= 1.05, "<= 1.05"),
+    "checkpoint_over_epoch": ("checkpoint save + upload / epoch time (worse model)", lambda r: r <= 0.05, "<= 0.05"),
+}
+
+
+def sizes(quick: bool) -> dict:
+    if quick:
+        return {"num_images": 300, "pipeline": ["--batches", "6", "--warmup-batches", "2", "--repeats", "3"],
+                "s3": ["--batches", "6", "--warmup-batches", "2", "--repeats", "3"],
+                "trainer_epochs": "2", "scaling_epochs": "2",
+                "checkpoint": ["--steps", "3", "--warmup-steps", "1", "--saves", "3"]}
+    return {"num_images": 1000, "pipeline": ["--repeats", "5"], "s3": ["--repeats", "5", "--batches", "10", "--warmup-batches", "3"],
+            "trainer_epochs": "4", "scaling_epochs": "3", "checkpoint": []}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="/tmp/multilabel-bench", help="Shards and scratch files (not the repo).")
+    p.add_argument("--out", default=os.path.join(common.BENCH_DIR, "results.json"), help="results.json path; "
+                   "results.md is written beside it.")
+    p.add_argument("--quick", action="store_true", help="Smoke run: few images, short windows (figures not meaningful).")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"Comma list of {', '.join(SECTIONS)}.")
+    p.add_argument("--image-size", type=int, default=224)
+    args = p.parse_args(argv)
+    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    os.makedirs(args.workdir, exist_ok=True)
+    size = sizes(args.quick)
+    started = time.perf_counter()
+    detail: dict = {"load_average_start": common.load_average(), "errors": {}}
+    print(f"bench: workdir {args.workdir}, load average {detail['load_average_start']}", flush=True)
+
+    def section(name: str, module: str, extra: list[str], timeout: float) -> dict | None:
+        if name not in chosen:
+            return None
+        print(f"bench: {name} ...", flush=True)
+        try:
+            res = common.run_section(module, ["--workdir", args.workdir, *extra],
+                                     os.path.join(args.workdir, f"{name}.json"), timeout,
+                                     os.path.join(args.workdir, f"{name}.log"))
+        except common.SectionFailed as exc:
+            print(f"bench: {name} FAILED: {exc}", flush=True)
+            detail["errors"][name] = str(exc)[:2000]
+            return None
+        print(f"bench: {name} done in {res['section_wall_seconds']} s", flush=True)
+        detail[name] = res
+        return res
+
+    # Shards first (every other section reads them); cached between runs.
+    if "data" in chosen or not os.path.exists(os.path.join(args.workdir, "data-parquet", "dataset.json")):
+        start = time.perf_counter()
+        from bench.data import ensure_datasets
+
+        ensure_datasets(args.workdir, size["num_images"], args.image_size)
+        detail["data"] = {"num_images": size["num_images"], "seconds": round(time.perf_counter() - start, 1)}
+    isz = ["--image-size", str(args.image_size)]
+    pipe = section("pipeline", "pipeline", isz + size["pipeline"], 300)
+    s3 = section("s3", "s3_pipeline", isz + size["s3"], 420)
+    trainer = section("trainer", "trainer", isz + ["--runs", "plain,ray1", "--epochs", size["trainer_epochs"]], 480)
+    scaling = section("scaling", "trainer", isz + ["--runs", "ray2", "--epochs", size["scaling_epochs"]], 420)
+    ckpt = section("checkpoint", "checkpoint", size["checkpoint"], 420)
+
+    ips = {}
+    if pipe:
+        ips.update({k: pipe["images_per_second"][k] for k in ("decode_ceiling", "local_tfrecord", "local_parquet")})
+    if s3:
+        ips.update({k: s3["images_per_second"][k] for k in ("s3_tfrecord", "s3_parquet")})
+    ratios = {
+        "local_over_decode": _div(ips.get("local_tfrecord"), ips.get("decode_ceiling")),
+        "s3_over_local": _div(ips.get("s3_tfrecord"), ips.get("local_tfrecord")),
+        "parquet_over_tfrecord": _div(ips.get("local_parquet"), ips.get("local_tfrecord")),
+        "trainer_over_fit": None,
+        "checkpoint_over_epoch": ckpt["checkpoint_over_epoch"] if ckpt else None,
+    }
+    extra_ratios = {
+        "local_parquet_over_decode": _div(ips.get("local_parquet"), ips.get("decode_ceiling")),
+        "s3_parquet_over_local_parquet": _div(ips.get("s3_parquet"), ips.get("local_parquet")),
+        "s3_parquet_over_s3_tfrecord": _div(ips.get("s3_parquet"), ips.get("s3_tfrecord")),
+    }
+    if s3:
+        extra_ratios["s3_tfrecord_over_worker_local_tfrecord"] = _div(
+            ips.get("s3_tfrecord"), s3["images_per_second"].get("worker_local_tfrecord"))
+    if trainer:
+        runs = trainer["runs"]
+        ratios["trainer_over_fit"] = _div(runs["ray1"]["median_epoch_seconds"], runs["plain"]["median_epoch_seconds"])
+        extra_ratios["trainer_over_fit_wall"] = _div(runs["ray1"]["wall_seconds"], runs["plain"]["wall_seconds"])
+    if scaling and trainer:
+        one, two = trainer["runs"]["ray1"], scaling["runs"]["ray2"]
+        tput = {n: r["train_images_per_epoch"] / r["median_epoch_seconds"] for n, r in (("1", one), ("2", two))}
+        detail["scaling_check"] = {
+            "what": "collective-overhead check on 2 shared cores, not a scaling claim",
+            "images_per_second_1_worker": round(tput["1"], 1), "images_per_second_2_workers": round(tput["2"], 1),
+            "two_over_one": round(tput["2"] / tput["1"], 3),
+        }
+    detail["extra_ratios"] = extra_ratios
+    detail["load_average_end"] = common.load_average()
+    detail["wall_seconds"] = round(time.perf_counter() - started, 1)
+    detail["command"] = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    detail["quick"] = args.quick
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": common.machine_info(),
+        "image_size": args.image_size,
+        "images_per_second": {k: _round(ips.get(k)) for k in
+                              ("decode_ceiling", "local_tfrecord", "local_parquet", "s3_tfrecord", "s3_parquet")},
+        "ratios": {k: _round(v, 3) for k, v in ratios.items()},
+        "peak_rss_bytes": pipe["peak_rss_bytes"] if pipe else None,
+        "detail": _compact(detail),
+    }
+    with open(args.out, "w") as fh:
+        json.dump(results, fh, indent=1)
+        fh.write("\n")
+    md = os.path.join(os.path.dirname(os.path.abspath(args.out)), "results.md")
+    with open(md, "w") as fh:
+        fh.write(render_markdown(results))
+    print(render_markdown(results))
+    print(f"bench: wrote {args.out} and {md} in {detail['wall_seconds']} s", flush=True)
+    return 1 if detail["errors"] else 0
+
+
+def _div(a, b):
+    return a / b if a and b else None
+
+
+def _round(v, digits: int = 1):
+    return round(v, digits) if isinstance(v, (int, float)) else None
+
+
+def _compact(detail: dict) -> dict:
+    """Keep results.json small: drop bulky or redundant keys from the section outputs."""
+    out = dict(detail)
+    for name in ("pipeline", "s3"):
+        if name in out:
+            out[name] = {k: v for k, v in out[name].items() if k != "images_per_second"}
+    return out
+
+
+def render_markdown(results: dict) -> str:
+    d = results["detail"]
+    m = results["machine"]
+    lines = [
+        f"# Benchmark results ({results['date']})",
+        "",
+        f"Machine: {m['cores']} cores, {m['cpu']}, GPU: {m['gpu'] or 'none'}. Image size {results['image_size']} px. "
+        f"Load average (1/5/15 min) at start {d['load_average_start']}, at end {d['load_average_end']}. "
+        f"Command: `{d['command'].strip()}` ({d['wall_seconds']} s).",
+        "",
+        "| ratio | measured | target | |",
+        "|---|---|---|---|",
+    ]
+    for key, (desc, ok, target) in TARGETS.items():
+        v = results["ratios"].get(key)
+        verdict = "n/a" if v is None else ("met" if ok(v) else "missed")
+        lines.append(f"| `{key}`: {desc} | {'-' if v is None else f'{v:.3f}'} | {target} | {verdict} |")
+    lines += ["", "| images/s (median) | |", "|---|---|"]
+    lines += [f"| {k} | {'-' if v is None else v} |" for k, v in results["images_per_second"].items()]
+    sc = d.get("scaling_check")
+    if sc:
+        lines += ["", f"Scaling check ({sc['what']}): 1 worker {sc['images_per_second_1_worker']} img/s, "
+                      f"2 workers {sc['images_per_second_2_workers']} img/s (x{sc['two_over_one']})."]
+    if results.get("peak_rss_bytes"):
+        lines += ["", f"Peak RSS of the local-pipeline process: {results['peak_rss_bytes'] / 2**20:.0f} MiB."]
+    if d.get("errors"):
+        lines += ["", "Sections that failed: " + ", ".join(d["errors"])]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

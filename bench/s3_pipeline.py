@@ -1,0 +1,138 @@
+"""S3 input throughput, the way a Ray Train worker sees it.
+
+The embedded S3 server holds both shard sets. A local Ray (1 worker CPU + 1 CPU for Ray
+Data, as `ray_driver.connect` sizes it) runs a 1-worker `TensorflowTrainer` whose train
+function builds exactly what `ray_driver.worker_entry` builds:
+`ray_driver.read_split` (Ray Data over pyarrow's S3 filesystem) -> `get_dataset_shard` ->
+`iter_batches(HANDOVER_BATCH_ROWS, numpy, prefetch_batches=2)` ->
+`inputs.examples_from_batches` -> `inputs.make_pipeline(training=True, repeat=True)`,
+and times batches taken from it, with no model. A trainer (rather than `ds.iterator()` in a
+Ray task) is used because that is the only place training reads: same worker process
+setup (Ray's CPU reservation, env vars, streaming split), same hand-over.
+
+Both formats are read by the one worker, window by window in turn; the worker also times
+the local TFRecord pipeline (`examples_from_shards`) in its own process as a reference.
+
+    python -m bench.s3_pipeline --workdir /tmp/bench --result out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from bench import common
+
+BUCKET = "bench"
+
+
+def measure_in_worker(config: dict) -> None:
+    """The trainer's per-worker function: time each input pipeline, report the figures."""
+    import ray.train
+
+    from bench import common as c
+    from job import inputs, ray_driver, records
+    from job.config import DataConfig
+
+    cfg = DataConfig(image_size=config["image_size"], batch_size_per_worker=config["batch_size"])
+
+    def from_shard(name: str):
+        shard = ray.train.get_dataset_shard(name)
+        examples = inputs.examples_from_batches(
+            lambda: shard.iter_batches(batch_size=ray_driver.HANDOVER_BATCH_ROWS, batch_format="numpy",
+                                       prefetch_batches=2),
+            config["num_classes"])
+        return inputs.make_pipeline(examples, cfg, training=True, batch_size=config["batch_size"], seed=0,
+                                    repeat=True, drop_remainder=True)
+
+    local_root = config["local_tfrecord_root"]
+    local = inputs.make_pipeline(
+        inputs.examples_from_shards(local_root, records.load_manifest(local_root), "train", shuffle_shards=True),
+        cfg, training=True, batch_size=config["batch_size"], seed=0, repeat=True, drop_remainder=True)
+    iterators = {"s3_tfrecord": iter(from_shard("tfrecord")), "s3_parquet": iter(from_shard("parquet")),
+                 "worker_local_tfrecord": iter(local)}
+    w, n, b = config["warmup_batches"], config["batches"], config["batch_size"]
+    for it in iterators.values():
+        c.time_batches(it, w, n // 2, b)
+    runs = c.interleaved({k: (lambda it=it: c.time_batches(it, w, n, b)) for k, it in iterators.items()},
+                         config["repeats"])
+    # Train V2 keeps metrics only with checkpoints; the worker shares this node, so a file will do.
+    with open(config["out_path"], "w") as fh:
+        json.dump({"runs": runs, "worker_peak_rss_bytes": c.peak_rss_bytes()}, fh)
+    ray.train.report({"done": 1})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--warmup-batches", type=int, default=6)
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--result", required=True)
+    args = p.parse_args()
+    common.quiet_logs()
+
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from bench.data import FORMATS, dataset_dir
+    from job import ray_driver, records, storage
+    from job.embedded_s3 import use_embedded_s3
+
+    server = use_embedded_s3(BUCKET)
+    try:
+        start = time.perf_counter()
+        uris = {}
+        for fmt in FORMATS:
+            uris[fmt] = f"s3://{BUCKET}/datasets/{fmt}"
+            storage.upload_dir(dataset_dir(args.workdir, fmt), uris[fmt])
+        upload_seconds = time.perf_counter() - start
+        out_path = os.path.abspath(os.path.join(args.workdir, "s3-pipeline-worker.json"))
+        if os.path.exists(out_path):
+            os.remove(out_path)
+        manifests = {fmt: records.load_manifest(uri) for fmt, uri in uris.items()}
+        # 1 worker CPU + 1 for Ray Data's read tasks: with none spare the read never runs.
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, logging_level="WARNING")
+        ray_driver._quiet_ray_data()
+        datasets = {fmt: ray_driver.read_split(uris[fmt], manifests[fmt], "train") for fmt in FORMATS}
+        trainer = TensorflowTrainer(
+            train_loop_per_worker=measure_in_worker,
+            train_loop_config={
+                "image_size": args.image_size, "batch_size": args.batch_size,
+                "num_classes": len(manifests["tfrecord"].class_names),
+                "warmup_batches": args.warmup_batches, "batches": args.batches, "repeats": args.repeats,
+                "local_tfrecord_root": os.path.abspath(dataset_dir(args.workdir, "tfrecord")),
+                "out_path": out_path,
+            },
+            scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(name=f"s3-pipeline-{int(time.time())}",
+                                 storage_path=os.path.abspath(os.path.join(args.workdir, "ray-results"))),
+            datasets=datasets,
+        )
+        fit_start = time.perf_counter()
+        trainer.fit()
+        fit_seconds = time.perf_counter() - fit_start
+        with open(out_path) as fh:
+            worker = json.load(fh)
+        runs = worker["runs"]
+        common.write_result(args.result, {
+            "images_per_second": {k: common.median(v) for k, v in runs.items()},
+            "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+            "worker_peak_rss_bytes": worker["worker_peak_rss_bytes"],
+            "upload_seconds": round(upload_seconds, 2),
+            "trainer_fit_seconds": round(fit_seconds, 1),
+            "how": "1-worker TensorflowTrainer, get_dataset_shard -> iter_batches -> examples_from_batches -> "
+                   "make_pipeline(training=True); ray.init(num_cpus=2): 1 worker CPU + 1 for Ray Data",
+        })
+    finally:
+        ray.shutdown()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

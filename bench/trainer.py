@@ -1,0 +1,108 @@
+"""Ray overhead: the product's training on Ray Train vs the same training in a plain process.
+
+Both runs use the product's own code on the same local TFRecord shards, with the demo preset
+at the bench image size (small_cnn, batch 32, augmentation, per-epoch checkpoints):
+- plain:  `train_loop.train_worker` in this process, fed by `inputs.examples_from_shards`,
+          checkpoints published by `runs.LocalReporter` (what `train --local` does);
+- ray N:  `ray_driver._fit`: a local Ray sized by `ray_driver.connect` (N workers x 1 CPU
+          + 1 CPU for Ray Data), Ray Data `read_split`, `TensorflowTrainer` running
+          `ray_driver.worker_entry` -> `train_loop.train_worker` (MWMS when N > 1).
+Evaluation is left out of both. Figures: the wall time of the whole call (including Ray's
+start-up), and each epoch's own time from history.json (`epoch_seconds`, train +
+validation, measured by the train loop itself); the first epoch (graph tracing) is warm-up.
+
+    python -m bench.trainer --workdir /tmp/bench --runs plain,ray1 --result out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from bench import common
+
+
+def make_config(image_size: int, epochs: int, num_workers: int):
+    from job.config import load_config
+
+    return load_config(os.path.join(common.REPO_ROOT, "configs", "demo.yaml"), [
+        f"data.image_size={image_size}", f"training.epochs={epochs}", f"scaling.num_workers={num_workers}",
+        "telemetry.enabled=false", "training.early_stopping_patience_epochs=0",
+        "training.reduce_lr_patience_epochs=0",
+    ])
+
+
+def run_plain(data_uri: str, output_uri: str, image_size: int, epochs: int) -> dict:
+    from job import inputs, runs, train_loop
+    from job.telemetry import WorkerTelemetry
+
+    cfg = make_config(image_size, epochs, 1)
+    plan = runs.plan_run(cfg, data_uri, output_uri, None, num_workers=1)
+    start = time.perf_counter()
+    history = train_loop.train_worker(
+        cfg, plan.train_plan(), train_loop.WorkerInfo(),
+        train_examples=lambda: inputs.examples_from_shards(data_uri, plan.manifest, "train", shuffle_shards=True,
+                                                           seed=cfg.training.seed),
+        val_examples=lambda: inputs.examples_from_shards(data_uri, plan.manifest, "val"),
+        reporter=runs.LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
+        telemetry=WorkerTelemetry(plan.run_name, 0, None, enabled=False),
+    )
+    return _summary(time.perf_counter() - start, history, plan)
+
+
+def run_ray(data_uri: str, output_uri: str, image_size: int, epochs: int, num_workers: int) -> dict:
+    from job import ray_driver, runs
+    from job.telemetry import DriverTelemetry
+
+    cfg = make_config(image_size, epochs, num_workers)
+    plan = runs.plan_run(cfg, data_uri, output_uri, None, num_workers=num_workers)
+    start = time.perf_counter()
+    history = ray_driver._fit(cfg, plan, DriverTelemetry(plan.run_name, None, enabled=False))
+    return _summary(time.perf_counter() - start, history, plan)
+
+
+def _summary(wall: float, history: list[dict], plan) -> dict:
+    epochs = [round(float(h["epoch_seconds"]), 2) for h in history]
+    steady = epochs[1:] if len(epochs) > 1 else epochs
+    epoch = common.median(steady)
+    images = plan.steps_per_epoch * plan.global_batch_size
+    return {
+        "wall_seconds": round(wall, 1),
+        "epoch_seconds": epochs,
+        "median_epoch_seconds": round(epoch, 2),
+        "startup_seconds": round(wall - sum(epochs), 1),  # start-up, checkpoints, shutdown
+        "train_images_per_epoch": images,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "global_batch_size": plan.global_batch_size,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--runs", default="plain,ray1", help="Comma list of plain, ray1, ray2.")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--result", required=True)
+    args = p.parse_args()
+    common.quiet_logs()
+
+    from bench.data import dataset_dir
+
+    data_uri = os.path.abspath(dataset_dir(args.workdir, "tfrecord"))
+    out = {}
+    for name in [r.strip() for r in args.runs.split(",") if r.strip()]:
+        output_uri = os.path.join(os.path.abspath(args.workdir), "runs", f"{name}-{int(time.time() * 1000)}")
+        if name == "plain":
+            out[name] = run_plain(data_uri, output_uri, args.image_size, args.epochs)
+        elif name.startswith("ray"):
+            out[name] = run_ray(data_uri, output_uri, args.image_size, args.epochs, int(name[3:]))
+        else:
+            raise SystemExit(f"unknown run {name!r}")
+        out[name]["load_average"] = common.load_average()
+    common.write_result(args.result, {"runs": out, "image_size": args.image_size, "epochs": args.epochs})
+
+
+if __name__ == "__main__":
+    main()
