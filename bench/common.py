@@ -153,3 +153,18 @@ def _tail(path: str, lines: int = 30) -> str:
             return "".join(fh.readlines()[-lines:])
     except OSError:
         return ""
+
+
+def pipeline_args(description: str | None = None):
+    """Arguments shared by the pipeline sections (local and S3), parsed from sys.argv."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--warmup-batches", type=int, default=6)
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--result", required=True)
+    return p.parse_args()

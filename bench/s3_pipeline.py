@@ -18,7 +18,6 @@ the local TFRecord pipeline (`examples_from_shards`) in its own process as a ref
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -65,15 +64,7 @@ def measure_in_worker(config: dict) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--warmup-batches", type=int, default=6)
-    p.add_argument("--batches", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--result", required=True)
-    args = p.parse_args()
+    args = common.pipeline_args()
     common.quiet_logs()
 
     import ray

@@ -10,7 +10,6 @@ skips it, says which file failed, and falls back to the previous one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -51,13 +50,6 @@ def dir_name(epoch: int) -> str:
     return f"{PREFIX}{epoch:06d}"
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def write_manifest(local_dir: str) -> dict:
     """Record size and sha256 of every file in `local_dir`; returns the manifest."""
@@ -66,7 +58,7 @@ def write_manifest(local_dir: str) -> dict:
         path = os.path.join(local_dir, name)
         if name == MANIFEST or not os.path.isfile(path):
             continue
-        files[name] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+        files[name] = {"size": os.path.getsize(path), "sha256": storage.sha256_file(path)}
     manifest = {"files": files}
     storage.write_json(os.path.join(local_dir, MANIFEST), manifest)
     return manifest
@@ -88,7 +80,7 @@ def verify(local_dir: str) -> list[str]:
             problems.append(f"{name} is missing")
         elif os.path.getsize(fpath) != meta["size"]:
             problems.append(f"{name} is {os.path.getsize(fpath)} bytes, the manifest lists {meta['size']}")
-        elif _sha256(fpath) != meta["sha256"]:
+        elif storage.sha256_file(fpath) != meta["sha256"]:
             problems.append(f"{name} does not match its sha256")
     if STATE not in files:
         problems.append(f"{STATE} is not listed")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import hashlib
 import io
 import math
 import os
@@ -446,7 +445,7 @@ def prepare_dataset(images_dir: str, labels_csv: str, out: str, options: Prepare
     source = {"prepare": {
         "images": os.path.abspath(images_dir),
         "labels_csv": os.path.abspath(labels_csv),
-        "labels_csv_sha256": _sha256_file(labels_csv),
+        "labels_csv_sha256": storage.sha256_file(labels_csv),
         "rows": len(rows),
         "skipped_rows": [b.number for b in bad],
         "seed": options.seed,
@@ -463,10 +462,3 @@ def prepare_dataset(images_dir: str, labels_csv: str, out: str, options: Prepare
         prefetch.close()
     return PrepareResult(manifest=manifest, rows=len(rows), skipped=bad, seconds=time.perf_counter() - start)
 
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -1015,3 +1015,14 @@ def ensure_bucket(uri: str) -> None:
         except Exception as exc:  # noqa: BLE001 - losing a creation race is fine
             if _error_code(exc) not in {"BucketAlreadyOwnedByYou"}:
                 raise
+
+
+def sha256_file(path: str) -> str:
+    """sha256 hex digest of a local file, read in 1 MiB blocks (bounded memory)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
