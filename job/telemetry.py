@@ -146,33 +146,24 @@ class WorkerTelemetry(_Exporter):
         # Counters are created with their labels up front, so they are exported as 0 from the
         # first scrape: `increase()` and the alert rules then see the very first step or
         # checkpoint failure (a series that appears at 1 has no earlier sample to compare).
-        self._steps = Counter(
-            "multilabel_train_steps", "Training steps (batches) finished by this worker.",
-            labels, registry=reg).labels(*values)
-        self._examples = Counter(
-            "multilabel_train_examples", "Training examples processed by this worker.",
-            labels, registry=reg).labels(*values)
-        self._input_wait = Counter(
-            "multilabel_input_wait_seconds",
-            "Seconds this worker spent waiting for the next input batch.",
-            labels, registry=reg).labels(*values)
-        self._step_seconds = Histogram(
-            "multilabel_train_step_seconds",
-            "Wall time of one training step, input wait included.",
-            labels, buckets=STEP_SECONDS_BUCKETS, registry=reg).labels(*values)
-        self._ckpt_seconds = Histogram(
-            "multilabel_checkpoint_save_seconds",
-            "Wall time of one successful checkpoint save (rank 0 saves).",
-            labels, buckets=CHECKPOINT_SECONDS_BUCKETS, registry=reg).labels(*values)
-        self._ckpt_saves = Counter(
-            "multilabel_checkpoint_saves", "Checkpoints saved successfully.",
-            labels, registry=reg).labels(*values)
-        self._ckpt_failures = Counter(
-            "multilabel_checkpoint_failures", "Checkpoint saves that failed.",
-            labels, registry=reg).labels(*values)
-        self._s3_retries = Counter(
-            "multilabel_s3_retries", "Object-storage requests retried by this worker.",
-            labels, registry=reg).labels(*values)
+        def counter(name: str, doc: str) -> Any:
+            return Counter(name, doc, labels, registry=reg).labels(*values)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Any:
+            return Histogram(name, doc, labels, buckets=buckets, registry=reg).labels(*values)
+
+        self._steps = counter("multilabel_train_steps", "Training steps (batches) finished by this worker.")
+        self._examples = counter("multilabel_train_examples", "Training examples processed by this worker.")
+        self._input_wait = counter("multilabel_input_wait_seconds",
+                                   "Seconds this worker spent waiting for the next input batch.")
+        self._step_seconds = histogram("multilabel_train_step_seconds",
+                                       "Wall time of one training step, input wait included.", STEP_SECONDS_BUCKETS)
+        self._ckpt_seconds = histogram("multilabel_checkpoint_save_seconds",
+                                       "Wall time of one successful checkpoint save (rank 0 saves).",
+                                       CHECKPOINT_SECONDS_BUCKETS)
+        self._ckpt_saves = counter("multilabel_checkpoint_saves", "Checkpoints saved successfully.")
+        self._ckpt_failures = counter("multilabel_checkpoint_failures", "Checkpoint saves that failed.")
+        self._s3_retries = counter("multilabel_s3_retries", "Object-storage requests retried by this worker.")
 
         # Gauges are bound lazily (their first value is set before they are exported): a 0
         # throughput or loss before the first step or epoch would be a lie on the dashboard.
