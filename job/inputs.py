@@ -76,10 +76,7 @@ def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tupl
             "labels": tf.io.FixedLenFeature([num_classes], tf.int64),
         })
         return parsed["image"].numpy().astype(object), parsed["labels"].numpy().astype(np.int64)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(pa.BufferReader(data), columns=["image", "labels"])
+    table = records.parquet_table(data, columns=["image", "labels"])
     images = np.array(table.column("image").to_pylist(), dtype=object)
     labels_col = table.column("labels").combine_chunks()
     flat = labels_col.flatten().to_numpy(zero_copy_only=False)

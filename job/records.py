@@ -350,12 +350,25 @@ def parse_tfrecord_example(raw: bytes, where: str) -> Example:
         raise DatasetError(f"{where} is not a valid tf.train.Example with image/labels ({exc}).") from None
 
 
-def _read_parquet(data: bytes, where: str) -> Iterator[Example]:
+def parquet_table(data: bytes, columns: Sequence[str] | None = None):
+    """A whole Parquet shard's bytes as a pyarrow Table, read on the calling thread.
+
+    Shards are small and already in memory, so Arrow's CPU and I/O thread pools buy nothing;
+    and a pool thread still alive at interpreter exit makes the process abort with
+    "terminate called without an active exception" (apache/arrow#34314), which turned a clean
+    `validate` exit 1 into a SIGABRT about one run in ten.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    return pq.read_table(pa.BufferReader(data), columns=columns, use_threads=False, pre_buffer=False)
+
+
+def _read_parquet(data: bytes, where: str) -> Iterator[Example]:
+    import pyarrow as pa
+
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = parquet_table(data)
     except (pa.ArrowException, OSError) as exc:
         raise DatasetError(f"Shard {where} is not a readable Parquet file ({exc}). Re-create the data set.") from None
     missing = {"image", "labels"} - set(table.column_names)
