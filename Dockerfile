@@ -52,7 +52,9 @@ RUN groupadd --gid 10001 app \
     && useradd --uid 10001 --gid 10001 --home-dir /home/app --create-home --shell /bin/bash app
 
 COPY --from=build /opt/venv /opt/venv
-# Preset configs, for `ray job submit` users who run them from the image.
+# Preset configs, for `ray job submit` users who run them from the image: `--config demo`
+# finds /opt/multilabel/configs/demo.yaml through MULTILABEL_CONFIG_DIR (set below), and
+# `python -m job demo` uses the same CPU-sized preset as in the repository.
 COPY configs /opt/multilabel/configs
 
 # PYTHONUNBUFFERED: log lines reach `kubectl logs` / `ray job logs` as they happen.
@@ -63,6 +65,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/app \
     MPLCONFIGDIR=/tmp/matplotlib \
+    MULTILABEL_CONFIG_DIR=/opt/multilabel/configs \
     TF_CPP_MIN_LOG_LEVEL=2
 
 USER 10001:10001

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -131,12 +132,47 @@ class Config:
 
 # ---------------------------------------------------------------------------- loading
 
+# Where `--config NAME` (a preset name, not a path) is looked up: first the folder this
+# variable names (the image sets it to where it copies configs/, because there the package
+# is installed in site-packages, away from the repository), then the repository's configs/.
+PRESET_DIR_ENV = "MULTILABEL_CONFIG_DIR"
+REPO_PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_dirs() -> list[Path]:
+    """The folders searched for preset names, in order."""
+    dirs = [Path(d) for d in (os.environ.get(PRESET_DIR_ENV),) if d]
+    return dirs + [REPO_PRESET_DIR]
+
+
+def find_preset(name: str) -> Path | None:
+    """The YAML file of preset `name` (e.g. "demo"), or None if no preset folder has it."""
+    for folder in preset_dirs():
+        candidate = folder / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _resolve_config_path(path: str | Path) -> Path:
+    """`path` itself if it is a file; a bare name like "demo" as a preset; else a ConfigError."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    is_bare_name = p.suffix == "" and len(p.parts) == 1
+    preset = find_preset(str(p)) if is_bare_name else None
+    if preset is not None:
+        return preset
+    searched = ", ".join(str(d) for d in preset_dirs())
+    raise ConfigError(f"Config file {p} does not exist. Pass an existing YAML file (e.g. --config configs/demo.yaml) "
+                      f"or a preset name (e.g. --config demo; presets are looked up in {searched}).")
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML preset (or the defaults) and apply `section.key=value` overrides.
 
     Args:
-        path: a YAML file, or None for the built-in defaults.
+        path: a YAML file, a preset name (see `find_preset`), or None for the built-in defaults.
         overrides: strings like "model.width=16"; values are parsed as YAML scalars.
     Returns:
         A validated, frozen Config.
@@ -145,9 +181,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Config file {p} does not exist. Pass an existing YAML file, e.g. --config configs/demo.yaml.")
+        p = _resolve_config_path(path)
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:

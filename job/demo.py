@@ -12,11 +12,11 @@ import os
 import time
 
 from job import storage
-from job.config import load_config
+from job.config import find_preset, load_config
 
 log = logging.getLogger("job.demo")
 
-DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
+DEMO_PRESET = "demo"
 
 
 def run_demo(bucket: str = "multilabel", num_images: int = 2000, workers: int | None = None,
@@ -28,7 +28,10 @@ def run_demo(bucket: str = "multilabel", num_images: int = 2000, workers: int | 
     overrides = list(overrides or [])
     if workers is not None:
         overrides.append(f"scaling.num_workers={workers}")
-    cfg = load_config(DEMO_CONFIG if os.path.isfile(DEMO_CONFIG) else None, overrides)
+    # The CPU-sized preset, never the built-in defaults (those are sized for GPUs): a missing
+    # preset is an error that says where it was looked for.
+    cfg = load_config(DEMO_PRESET, overrides)
+    log.info("demo config: %s", find_preset(DEMO_PRESET))
     start = time.perf_counter()
     server = None
     if not os.environ.get("S3_ENDPOINT_URL"):

@@ -95,3 +95,16 @@ def test_dockerignore_keeps_environments_and_outputs_out():
     # Whatever the Dockerfile copies from the context is allowed in.
     for src in re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+)", DOCKERFILE.read_text(), re.M):
         assert src.rstrip("/") in allowed, f"COPY {src} but .dockerignore leaves it out"
+
+
+def test_image_points_the_preset_lookup_at_the_copied_configs():
+    # In the image the package lives in site-packages, away from configs/: without this,
+    # `python -m job demo` and `--config demo` inside the container find no preset.
+    from job.config import PRESET_DIR_ENV
+
+    runtime = _stages(DOCKERFILE.read_text())[1]
+    copied_to = re.search(r"^COPY configs (\S+)", runtime, re.M)
+    assert copied_to, "the runtime stage does not copy configs/"
+    env = re.search(rf"\b{PRESET_DIR_ENV}=(\S+)", runtime)
+    assert env, f"the runtime stage does not set {PRESET_DIR_ENV}"
+    assert env.group(1).rstrip("/") == copied_to.group(1).rstrip("/")

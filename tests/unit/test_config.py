@@ -13,10 +13,12 @@ import pytest
 
 from job.config import (
     Config,
+    PRESET_DIR_ENV,
     ConfigError,
     config_from_dict,
     config_to_dict,
     describe,
+    find_preset,
     load_config,
 )
 from job.errors import UserError
@@ -94,6 +96,26 @@ def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist") as info:
         load_config(missing)
     assert str(missing) in str(info.value)
+
+
+def test_preset_name_loads_the_repository_preset():
+    assert load_config("demo") == load_config(os.path.join(REPO, "configs", "demo.yaml"))
+
+
+def test_preset_folder_from_the_environment_wins(tmp_path, monkeypatch):
+    # As in the image, where the package sits in site-packages and the presets elsewhere.
+    (tmp_path / "demo.yaml").write_text("training:\n  epochs: 3\n")
+    monkeypatch.setenv(PRESET_DIR_ENV, str(tmp_path))
+    assert find_preset("demo") == tmp_path / "demo.yaml"
+    assert load_config("demo").training.epochs == 3
+
+
+def test_unknown_preset_name_says_where_presets_were_looked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv(PRESET_DIR_ENV, str(tmp_path))
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        load_config("no-such-preset")
+    assert str(tmp_path) in str(info.value)
+    assert os.path.join(REPO, "configs") in str(info.value)
 
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
