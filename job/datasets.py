@@ -65,11 +65,14 @@ def write_dataset(root: str, class_names: list[str], fmt: str, splits: dict[str,
     total = sum(sizes.values())
     bar = Progress("writing", unit="images", enabled=progress)
     done = 0
+    encodings: set[str] = set()  # recorded in dataset.json: pass-through keeps PNGs as PNGs
 
     def stream(indices):
         nonlocal done
         for i in indices:
-            yield make_example(int(i))
+            example = make_example(int(i))
+            encodings.add(records.sniff_encoding(example.image))
+            yield example
             done += 1
             if done % 50 == 0 or done == total:
                 bar.update(done, total)
@@ -82,7 +85,8 @@ def write_dataset(root: str, class_names: list[str], fmt: str, splits: dict[str,
         written[name] = records.write_split(root, name, stream(splits[name]), sizes[name], counts[name], fmt,
                                             len(class_names))
     bar.close()
-    manifest = records.Manifest(format=fmt, class_names=list(class_names), splits=written, source=source)
+    manifest = records.Manifest(format=fmt, class_names=list(class_names), splits=written, source=source,
+                                image_encoding=records.describe_encodings(encodings))
     records.write_manifest(root, manifest)
     return manifest
 

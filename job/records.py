@@ -56,6 +56,20 @@ class Shard:
     label_counts: list[int]
 
 
+# Leading bytes of the encodings tf.io.decode_image reads.
+_MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
+
+
+def sniff_encoding(image: bytes) -> str:
+    """"jpeg", "png", "gif" or "bmp" from an image's leading bytes; "unknown" otherwise."""
+    return next((name for magic, name in _MAGIC if image.startswith(magic)), "unknown")
+
+
+def describe_encodings(found: Iterable[str]) -> str:
+    """dataset.json's image_encoding for the encodings seen: "jpeg", or e.g. "jpeg+png" for a mix."""
+    return "+".join(sorted(set(found))) or "jpeg"
+
+
 @dataclass(frozen=True)
 class Manifest:
     """The contents of dataset.json."""

@@ -145,6 +145,14 @@ def test_target_shard_mb_sets_the_train_shard_count(source, tmp_path):
     assert max(s.size_bytes for s in shards) < train_bytes_upper / 2
 
 
+def test_manifest_names_the_encodings_in_the_shards(source, tmp_path):
+    # The source folder holds PNGs and JPEGs: pass-through keeps both, --reencode makes JPEGs.
+    _prepare(source, tmp_path / "kept", fmt="tfrecord")
+    assert records.load_manifest(str(tmp_path / "kept")).image_encoding == "jpeg+png"
+    _prepare(source, tmp_path / "jpeg", fmt="tfrecord", reencode=True)
+    assert records.load_manifest(str(tmp_path / "jpeg")).image_encoding == "jpeg"
+
+
 def test_reencode_resizes_to_jpeg(source, tmp_path):
     out = tmp_path / "ds"
     _prepare(source, out, reencode=True, image_size=8, jpeg_quality=80, fmt="parquet")
