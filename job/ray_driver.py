@@ -51,7 +51,22 @@ def connect(cfg: Config) -> None:
     log.info("starting a local Ray with %g logical CPUs (%d workers x %g + %g for data)", num_cpus,
              s.num_workers, s.cpus_per_worker, s.data_cpus)
     ray.init(num_cpus=max(1, int(round(num_cpus + 0.499))), num_gpus=(s.num_workers * s.gpus_per_worker) if s.use_gpu else 0,
-             include_dashboard=False, logging_level=logging_level, log_to_driver=True)
+             include_dashboard=False, logging_level=logging_level, log_to_driver=True,
+             runtime_env=None if verbose else {"worker_process_setup_hook": f"{__name__}.quiet_local_ray_worker"})
+
+
+# Ray Train's placement-group cleaner asks the State API, which lives in the dashboard, once
+# a second whether the controller is alive; with no dashboard (a local Ray, above) each
+# question fails with a WARNING that reaches the user's terminal ~100 times in the demo.
+# The cleaner only matters when a controller dies and leaves its placement group behind in a
+# long-lived cluster; a local Ray ends with the command, placement groups and all.
+_STATE_API_POLLERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_local_ray_worker() -> None:
+    """worker_process_setup_hook of a local Ray: silence the polls that cannot succeed without a dashboard."""
+    for name in _STATE_API_POLLERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _quiet_ray_data() -> None:
