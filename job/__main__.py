@@ -26,6 +26,10 @@ def setup_logging(verbose: bool) -> None:
         # Must be set before TensorFlow is imported anywhere in this process (and its children).
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        # A local Ray runs without a dashboard, so Ray Train's placement-group cleaner cannot
+        # reach the State API and warns about it once a second (~100 lines per demo, burying
+        # the epoch lines). The driver drops those lines; they stay in Ray's log files.
+        os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", "Failed to query Ray Train Controller actor state")
         os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
     os.environ.setdefault("JOB_VERBOSE", "1" if verbose else "0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout,

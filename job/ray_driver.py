@@ -51,22 +51,7 @@ def connect(cfg: Config) -> None:
     log.info("starting a local Ray with %g logical CPUs (%d workers x %g + %g for data)", num_cpus,
              s.num_workers, s.cpus_per_worker, s.data_cpus)
     ray.init(num_cpus=max(1, int(round(num_cpus + 0.499))), num_gpus=(s.num_workers * s.gpus_per_worker) if s.use_gpu else 0,
-             include_dashboard=False, logging_level=logging_level, log_to_driver=True,
-             runtime_env=None if verbose else {"worker_process_setup_hook": f"{__name__}.quiet_local_ray_worker"})
-
-
-# Ray Train's placement-group cleaner asks the State API, which lives in the dashboard, once
-# a second whether the controller is alive; with no dashboard (a local Ray, above) each
-# question fails with a WARNING that reaches the user's terminal ~100 times in the demo.
-# The cleaner only matters when a controller dies and leaves its placement group behind in a
-# long-lived cluster; a local Ray ends with the command, placement groups and all.
-_STATE_API_POLLERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
-
-
-def quiet_local_ray_worker() -> None:
-    """worker_process_setup_hook of a local Ray: silence the polls that cannot succeed without a dashboard."""
-    for name in _STATE_API_POLLERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+             include_dashboard=False, logging_level=logging_level, log_to_driver=True)
 
 
 def _quiet_ray_data() -> None:
@@ -132,17 +117,25 @@ def worker_entry(config: dict[str, Any]) -> None:
     if info.rank == 0:
         _record_attempt(plan.run_uri)
 
+    sources = []
+
     def from_shard(name: str):
         shard = ray.train.get_dataset_shard(name)
-        return lambda: inputs.examples_from_batches(
-            lambda: shard.iter_batches(batch_size=HANDOVER_BATCH_ROWS, batch_format="numpy", prefetch_batches=2),
-            num_classes)
+        source = inputs.ReleasableBatches(
+            lambda: shard.iter_batches(batch_size=HANDOVER_BATCH_ROWS, batch_format="numpy", prefetch_batches=2))
+        sources.append(source)
+        return lambda: inputs.examples_from_batches(source, num_classes)
+
+    def release_inputs() -> None:
+        for source in sources:
+            source.release()
 
     telemetry = WorkerTelemetry(plan.run_name, info.rank,
                                 worker_port(cfg.telemetry.worker_port_base, info.local_rank),
                                 enabled=cfg.telemetry.enabled)
     try:
-        train_loop.train_worker(cfg, plan, info, from_shard("train"), from_shard("val"), RayReporter(), telemetry)
+        train_loop.train_worker(cfg, plan, info, from_shard("train"), from_shard("val"), RayReporter(), telemetry,
+                                release_inputs=release_inputs)
     finally:
         telemetry.close()
 
