@@ -10,7 +10,9 @@ Both yield (encoded image bytes, float32 multi-hot labels); `make_pipeline` does
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
 import time
 from typing import Callable, Iterator, Mapping
 
@@ -109,6 +111,68 @@ def examples_from_shards(root: str, manifest: records.Manifest, split: str, *, s
     # bounded prefetch of encoded examples lets the next shard load while earlier examples
     # are still being decoded, instead of stalling the decode threads at every shard.
     return files.flat_map(load).prefetch(SHARD_PREFETCH_EXAMPLES)
+
+
+class ReleasableBatches:
+    """An iterator factory whose iterators a consumer can walk away from, even mid-wait.
+
+    Ray Data's split iterators make every rank start each pass together: a rank whose
+    tf.data read-ahead starts one more pass than the other ranks waits in
+    `iter_batches` for them, forever if they have finished training. TensorFlow cannot
+    destroy an iterator while its generator is inside such a call, so the worker never
+    returns and the run hangs after its last epoch (one 60-image run in nine did, with
+    Ray's "blocked waiting on other clients" as its last line).
+    The batches are therefore read on a daemon thread and handed over through a short
+    queue; after `release()` every pass ends at once, and a thread still waiting in Ray
+    is simply abandoned (it dies with the worker process).
+    """
+
+    _END = object()
+
+    def __init__(self, make_batches: Callable[[], Iterator[Mapping[str, np.ndarray]]], poll_seconds: float = 0.2):
+        self._make_batches = make_batches
+        self._poll = poll_seconds
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        """End the current pass and every later one (called when training is over)."""
+        self._released.set()
+
+    def _put(self, handover: queue.Queue, item) -> bool:
+        while not self._released.is_set():
+            try:
+                handover.put(item, timeout=self._poll)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _feed(self, handover: queue.Queue) -> None:
+        try:
+            for batch in self._make_batches():
+                if not self._put(handover, batch):
+                    return
+            self._put(handover, self._END)
+        except BaseException as exc:  # handed to the consumer, which raises it in its own thread
+            self._put(handover, exc)
+
+    def __call__(self) -> Iterator[Mapping[str, np.ndarray]]:
+        if self._released.is_set():
+            return
+        handover: queue.Queue = queue.Queue(maxsize=2)
+        threading.Thread(target=self._feed, args=(handover,), name="ray-batches", daemon=True).start()
+        while True:
+            try:
+                item = handover.get(timeout=self._poll)
+            except queue.Empty:
+                if self._released.is_set():
+                    return
+                continue
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
 
 def examples_from_batches(make_batches: Callable[[], Iterator[Mapping[str, np.ndarray]]], num_classes: int) -> tf.data.Dataset:

@@ -265,7 +265,8 @@ class EpochEnd(tf_keras.callbacks.Callback):
 
 def train_worker(cfg: Config, plan: TrainPlan, info: WorkerInfo,
                  train_examples: Callable[[], tf.data.Dataset], val_examples: Callable[[], tf.data.Dataset],
-                 reporter: Reporter, telemetry: WorkerTelemetry) -> list[dict]:
+                 reporter: Reporter, telemetry: WorkerTelemetry,
+                 release_inputs: Callable[[], None] | None = None) -> list[dict]:
     """Train (or resume) one worker's part of a run.
 
     Args:
@@ -276,6 +277,8 @@ def train_worker(cfg: Config, plan: TrainPlan, info: WorkerInfo,
             this worker's shard, val is the whole split.
         reporter: receives per-epoch metrics and rank 0's checkpoint folders.
         telemetry: Prometheus metrics of this worker.
+        release_inputs: called once training ends (last epoch, early stop or error), before
+            Keras drops its iterators; lets sources stop reads no rank will consume.
     Returns:
         The run's history (one dict per epoch, including epochs before a resume).
     """
@@ -359,8 +362,15 @@ def train_worker(cfg: Config, plan: TrainPlan, info: WorkerInfo,
         callbacks.append(TensorBoardSync(tb_dir, storage.join(plan.run_uri, "tensorboard")))
     callbacks.append(EpochEnd(cfg, plan, info, reporter, telemetry, reduce_lr, early_stop, history, best))
 
-    model.fit(train_ds, epochs=tcfg.epochs, initial_epoch=start_epoch, steps_per_epoch=plan.steps_per_epoch,
-              validation_data=val_ds, validation_steps=plan.validation_steps, callbacks=callbacks, verbose=0)
+    if release_inputs is not None:
+        callbacks.append(tf_keras.callbacks.LambdaCallback(on_train_end=lambda logs: release_inputs()))
+    try:
+        model.fit(train_ds, epochs=tcfg.epochs, initial_epoch=start_epoch, steps_per_epoch=plan.steps_per_epoch,
+                  validation_data=val_ds, validation_steps=plan.validation_steps, callbacks=callbacks, verbose=0)
+    finally:
+        # On an error Keras skips on_train_end; the traceback still holds its iterators here.
+        if release_inputs is not None:
+            release_inputs()
     return history
 
 

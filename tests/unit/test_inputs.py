@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections import Counter
 
 import numpy as np
@@ -354,6 +355,51 @@ def test_examples_from_batches_feeds_the_pipeline():
                               training=False, batch_size=3)
     shapes = [(x.shape, y.shape) for x, y in ds.as_numpy_iterator()]
     assert shapes == [((3, SIZE, SIZE, 3), (3, K))] * 2
+
+
+def test_releasable_batches_pass_every_batch_through_on_every_pass():
+    examples = _examples(5)
+    source = inputs.ReleasableBatches(_batches_image_layout(examples, 2))
+    ds = inputs.examples_from_batches(source, K).repeat(2)
+    expected = [(e.image, tuple(float(v) for v in e.labels)) for e in examples]
+    assert _pairs(ds) == expected * 2
+
+
+def test_releasable_batches_raise_the_source_error_in_the_consumer():
+    def make():
+        yield from _batches_image_layout(_examples(2), 2)()
+        raise ConnectionError("object store went away")
+
+    source = inputs.ReleasableBatches(make)
+    with pytest.raises(ConnectionError, match="object store went away"):
+        list(source())
+
+
+def test_release_frees_a_pipeline_whose_source_waits_forever():
+    # Like a Ray split iterator waiting for ranks that have finished: one batch, then nothing.
+    gate = threading.Event()
+
+    def make():
+        yield from _batches_image_layout(_examples(2), 2)()
+        gate.wait()
+
+    source = inputs.ReleasableBatches(make)
+    iterator = iter(inputs.examples_from_batches(source, K).repeat().prefetch(4))
+    assert len([next(iterator) for _ in range(2)]) == 2
+    finished = threading.Event()
+
+    def finish():
+        # After release the pass ends, the pipeline runs dry and the iterator can be destroyed;
+        # without it both would wait on the source for good.
+        assert sum(1 for _ in iterator) <= 2
+        finished.set()
+
+    source.release()
+    worker = threading.Thread(target=finish, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    gate.set()  # let the abandoned reader thread end
+    assert finished.is_set(), "the pipeline still waits on its source after release()"
 
 
 # ---------------------------------------------------------------------------- InputClock
