@@ -4,7 +4,7 @@ The embedded S3 server holds both shard sets. A local Ray (1 worker CPU + 1 CPU 
 Data, as `ray_driver.connect` sizes it) runs a 1-worker `TensorflowTrainer` whose train
 function builds exactly what `ray_driver.worker_entry` builds:
 `ray_driver.read_split` (Ray Data over pyarrow's S3 filesystem) -> `get_dataset_shard` ->
-`iter_batches(HANDOVER_BATCH_ROWS, numpy, prefetch_batches=2)` ->
+`iter_batches(HANDOVER_BATCH_ROWS, numpy, prefetch_batches=2)` -> `inputs.ReleasableBatches` ->
 `inputs.examples_from_batches` -> `inputs.make_pipeline(training=True, repeat=True)`,
 and times batches taken from it, with no model. A trainer (rather than `ds.iterator()` in a
 Ray task) is used because that is the only place training reads: same worker process
@@ -37,12 +37,15 @@ def measure_in_worker(config: dict) -> None:
 
     cfg = DataConfig(image_size=config["image_size"], batch_size_per_worker=config["batch_size"])
 
+    sources = []
+
     def from_shard(name: str):
         shard = ray.train.get_dataset_shard(name)
-        examples = inputs.examples_from_batches(
+        source = inputs.ReleasableBatches(
             lambda: shard.iter_batches(batch_size=ray_driver.HANDOVER_BATCH_ROWS, batch_format="numpy",
-                                       prefetch_batches=2),
-            config["num_classes"])
+                                       prefetch_batches=2))
+        sources.append(source)
+        examples = inputs.examples_from_batches(source, config["num_classes"])
         return inputs.make_pipeline(examples, cfg, training=True, batch_size=config["batch_size"], seed=0,
                                     repeat=True, drop_remainder=True)
 
@@ -60,6 +63,8 @@ def measure_in_worker(config: dict) -> None:
     # Train V2 keeps metrics only with checkpoints; the worker shares this node, so a file will do.
     with open(config["out_path"], "w") as fh:
         json.dump({"runs": runs, "worker_peak_rss_bytes": c.peak_rss_bytes()}, fh)
+    for source in sources:  # as train_worker does: the repeating iterators are dropped mid-pass
+        source.release()
     ray.train.report({"done": 1})
 
 
