@@ -60,6 +60,8 @@ __all__ = [
     "delete",
     "upload_dir",
     "download_dir",
+    "copy_file",
+    "sha256_file",
     "arrow_filesystem",
     "s3_client",
     "check_access",
@@ -845,7 +847,7 @@ def upload_dir(local_dir: str, uri: str) -> None:
             target = join(uri, *relative.split("/"))
         else:
             target = os.path.join(_local(uri), relative)
-        _copy_file(path, target)
+        copy_file(path, target)
 
 
 def download_dir(uri: str, local_dir: str) -> None:
@@ -863,11 +865,11 @@ def download_dir(uri: str, local_dir: str) -> None:
         sources = _list_local(base, "")
         relatives = [os.path.relpath(s, base) for s in sources]
     for source, relative in zip(sources, relatives):
-        _copy_file(source, os.path.join(local_dir, *relative.split("/")))
+        copy_file(source, os.path.join(local_dir, *relative.split("/")))
 
 
-def _copy_file(source: str, target: str) -> None:
-    """Copy one file between any two URIs, streaming and atomically."""
+def copy_file(source: str, target: str) -> None:
+    """Copy one file between any two URIs (local or s3://), streaming and atomically."""
     with open_read(source) as src, open_write(target) as dst:
         shutil.copyfileobj(src, dst, 1024 * 1024)
 

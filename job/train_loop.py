@@ -379,8 +379,7 @@ def local_weights(weights: str) -> str:
     if not storage.is_s3(weights):
         return weights
     local = os.path.join(tempfile.mkdtemp(prefix="weights-"), storage.basename(weights))
-    with open(local, "wb") as fh:
-        fh.write(storage.read_bytes(weights))
+    storage.copy_file(weights, local)
     return local
 
 

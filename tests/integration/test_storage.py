@@ -270,6 +270,19 @@ def test_upload_and_download_dir(bucket, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_copy_file_between_s3_and_a_local_folder(bucket, tmp_path):
+    payload = os.urandom(3 * 1024 * 1024 + 17)  # more than one 1 MiB copy block
+    source = tmp_path / "w.weights.h5"
+    source.write_bytes(payload)
+    remote = f"s3://{bucket}/models/w.weights.h5"
+    storage.copy_file(str(source), remote)
+    back = tmp_path / "back" / "w.weights.h5"
+    storage.copy_file(remote, str(back))
+    assert back.read_bytes() == payload
+    with pytest.raises(StorageError, match="not found"):
+        storage.copy_file(f"s3://{bucket}/models/missing.h5", str(tmp_path / "x.h5"))
+
+
 def test_arrow_filesystem_reads_parquet_written_by_storage(bucket):
     import pyarrow as pa
     import pyarrow.fs as pafs
