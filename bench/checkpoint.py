@@ -1,6 +1,6 @@
 """Checkpoint cost as a share of epoch time, for the demo model and a larger backbone.
 
-For each model: build and compile it with `job.model`, time training steps on the real
+For each model: build and compile it with `job.training.model`, time training steps on the real
 local TFRecord pipeline (`examples_from_shards` + `make_pipeline(training=True)`), and take
 epoch time = steps per epoch (train split / batch, as the plan computes it) x the median
 step time after warm-up. Then save a checkpoint the way a run does, repeatedly:
@@ -35,15 +35,17 @@ def measure(name: str, workdir: str, batch_size: int, warmup_steps: int, steps: 
     import tf_keras
 
     from bench.data import dataset_dir
-    from job import checkpoints, inputs, records
     from job.config import DataConfig
-    from job.model import build_model, compile_model
+    from job.data import pipeline, shards
+    from job.storage.run_store import checkpoint_dir_name
+    from job.training import checkpoints
+    from job.training.model import build_model, compile_model
 
     backbone, size, width = MODELS[name]
     root = dataset_dir(workdir, "tfrecord")
-    manifest = records.load_manifest(root)
+    manifest = shards.load_manifest(root)
     cfg = DataConfig(image_size=size, batch_size_per_worker=batch_size)
-    ds = inputs.make_pipeline(inputs.examples_from_shards(root, manifest, "train", shuffle_shards=True), cfg,
+    ds = pipeline.make_pipeline(pipeline.examples_from_shards(root, manifest, "train", shuffle_shards=True), cfg,
                               training=True, batch_size=batch_size, repeat=True, drop_remainder=True)
     model = build_model(backbone, len(manifest.class_names), size, width=width)
     compile_model(model, learning_rate=1e-3)
@@ -76,7 +78,7 @@ def measure(name: str, workdir: str, batch_size: int, warmup_steps: int, steps: 
         written = time.perf_counter()
         checkpoints.write_manifest(local)
         hashed = time.perf_counter()
-        checkpoints.publish(local, f"s3://bench/ckpt/{name}/{checkpoints.dir_name(i + 1)}")
+        checkpoints.publish(local, f"s3://bench/ckpt/{name}/{checkpoint_dir_name(i + 1)}")
         end = time.perf_counter()
         save_times.append(end - start)
         parts.append({"write": written - start, "sha256_manifest": hashed - written, "upload": end - hashed})
@@ -105,7 +107,7 @@ def main() -> None:
     args = p.parse_args()
     common.quiet_logs()
 
-    from job.embedded_s3 import use_embedded_s3
+    from job.storage.embedded import use_embedded_s3
 
     server = use_embedded_s3("bench")
     try:

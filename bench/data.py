@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from job import records
+from job.data import shards
 
 FORMATS = ("tfrecord", "parquet")
 
@@ -19,8 +19,8 @@ def dataset_dir(workdir: str, fmt: str) -> str:
 
 def ensure_datasets(workdir: str, num_images: int, image_size: int, seed: int = 0) -> dict[str, str]:
     """{format: data set root}, writing any set that is missing or was made differently."""
-    from job.datasets import write_synthetic
-    from job.synthetic import SceneSpec
+    from job.data.splits import write_synthetic
+    from job.data.synthetic import SceneSpec
 
     roots = {}
     for fmt in FORMATS:
@@ -34,7 +34,7 @@ def ensure_datasets(workdir: str, num_images: int, image_size: int, seed: int = 
 
 def _matches(root: str, num_images: int, image_size: int, seed: int) -> bool:
     try:
-        synth = records.load_manifest(root).source.get("synthetic", {})
+        synth = shards.load_manifest(root).source.get("synthetic", {})
     except Exception:
         return False
     return synth.get("num_images") == num_images and synth.get("image_size") == image_size and synth.get("seed") == seed

@@ -1,7 +1,7 @@
 """GPU training throughput: synthetic data vs the real input pipeline, per precision mode.
 
 For ResNet50 and Xception at 224 px, batch 256 (weights none), it times training steps in
-FP32, mixed precision, and mixed precision + XLA (through `job.model.build_model`,
+FP32, mixed precision, and mixed precision + XLA (through `job.training.model.build_model`,
 `compile_model` and `set_precision_policy`), first on one synthetic batch held on the device
 (the model's ceiling), then fed by the product's input pipeline from local TFRecord shards
 (`examples_from_shards` + `make_pipeline(training=True)`). One JSON line per configuration:
@@ -49,9 +49,9 @@ def run_config(backbone: str, mode: str, args, data_root: str | None) -> dict:
     import tensorflow as tf
     import tf_keras
 
-    from job import inputs, records
     from job.config import DataConfig
-    from job.model import build_model, compile_model, set_precision_policy
+    from job.data import pipeline, shards
+    from job.training.model import build_model, compile_model, set_precision_policy
 
     precision, xla = MODES[mode]
     if args.cpu and precision == "mixed_float16":
@@ -72,9 +72,9 @@ def run_config(backbone: str, mode: str, args, data_root: str | None) -> dict:
     t0 = time.perf_counter()
     out["synthetic_images_per_second"] = round(_time_steps(model, synthetic, args.warmup, args.steps, b), 1)
     if data_root:
-        manifest = records.load_manifest(data_root)
+        manifest = shards.load_manifest(data_root)
         cfg = DataConfig(image_size=args.image_size, batch_size_per_worker=b)
-        real = inputs.make_pipeline(inputs.examples_from_shards(data_root, manifest, "train", shuffle_shards=True),
+        real = pipeline.make_pipeline(pipeline.examples_from_shards(data_root, manifest, "train", shuffle_shards=True),
                                     cfg, training=True, batch_size=b, repeat=True, drop_remainder=True)
         out["real_images_per_second"] = round(_time_steps(model, real, args.warmup, args.steps, b), 1)
         out["real_over_synthetic"] = round(out["real_images_per_second"] / out["synthetic_images_per_second"], 3)

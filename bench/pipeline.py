@@ -1,10 +1,10 @@
 """Input-pipeline throughput in one plain process: decode ceiling, local TFRecord, local Parquet.
 
-- decode ceiling: the train split's JPEG bytes held in memory -> `inputs.decode_image` with
+- decode ceiling: the train split's JPEG bytes held in memory -> `pipeline.decode_image` with
   the pipeline's parallelism -> batch. No shard reading, shuffling or augmentation: the most
   this machine can decode and resize.
-- local TFRecord / Parquet: the product's own path, `inputs.examples_from_shards` +
-  `inputs.make_pipeline(training=True, repeat=True)`, exactly as `train --local` builds it.
+- local TFRecord / Parquet: the product's own path, `pipeline.examples_from_shards` +
+  `pipeline.make_pipeline(training=True, repeat=True)`, exactly as `train --local` builds it.
 
 The three run round-robin (one window each, then again), so load from other processes
 falls on all of them alike; each window starts after a warm-up that drains what the
@@ -15,7 +15,6 @@ pipeline's.
 """
 
 from __future__ import annotations
-
 
 from bench import common
 
@@ -28,25 +27,25 @@ def main() -> None:
     import tensorflow as tf
 
     from bench.data import dataset_dir
-    from job import inputs, records
     from job.config import DataConfig
+    from job.data import pipeline, shards
 
     cfg = DataConfig(image_size=args.image_size, batch_size_per_worker=args.batch_size)
     parallel = cfg.parallel_calls or tf.data.AUTOTUNE
 
     # Decode ceiling: the same images, already in memory.
     tfr_root = dataset_dir(args.workdir, "tfrecord")
-    manifest = records.load_manifest(tfr_root)
-    images = [e.image for _, e in records.read_split(tfr_root, manifest, "train")]
+    manifest = shards.load_manifest(tfr_root)
+    images = [e.image for _, e in shards.read_split(tfr_root, manifest, "train")]
     ceiling = (tf.data.Dataset.from_tensor_slices(np.array(images, dtype=object)).repeat()
-               .map(lambda b: inputs.decode_image(b, cfg.image_size), num_parallel_calls=parallel, deterministic=False)
+               .map(lambda b: pipeline.decode_image(b, cfg.image_size), num_parallel_calls=parallel, deterministic=False)
                .batch(args.batch_size))
 
     def product_pipeline(fmt: str):
         root = dataset_dir(args.workdir, fmt)
-        m = records.load_manifest(root)
-        ex = inputs.examples_from_shards(root, m, "train", shuffle_shards=True, seed=0)
-        return inputs.make_pipeline(ex, cfg, training=True, batch_size=args.batch_size, seed=0, repeat=True,
+        m = shards.load_manifest(root)
+        ex = pipeline.examples_from_shards(root, m, "train", shuffle_shards=True, seed=0)
+        return pipeline.make_pipeline(ex, cfg, training=True, batch_size=args.batch_size, seed=0, repeat=True,
                                     drop_remainder=True)
 
     iterators = {

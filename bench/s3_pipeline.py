@@ -1,11 +1,11 @@
 """S3 input throughput, the way a Ray Train worker sees it.
 
 The embedded S3 server holds both shard sets. A local Ray (1 worker CPU + 1 CPU for Ray
-Data, as `ray_driver.connect` sizes it) runs a 1-worker `TensorflowTrainer` whose train
-function builds exactly what `ray_driver.worker_entry` builds:
-`ray_driver.read_split` (Ray Data over pyarrow's S3 filesystem) -> `get_dataset_shard` ->
-`iter_batches(HANDOVER_BATCH_ROWS, numpy, prefetch_batches=2)` -> `inputs.ReleasableBatches` ->
-`inputs.examples_from_batches` -> `inputs.make_pipeline(training=True, repeat=True)`,
+Data, as `driver.connect` sizes it) runs a 1-worker `TensorflowTrainer` whose train
+function builds exactly what `driver.worker_entry` builds:
+`driver.read_split` (Ray Data over pyarrow's S3 filesystem) -> `get_dataset_shard` ->
+`iter_batches(HANDOVER_BATCH_ROWS, numpy, prefetch_batches=2)` -> `pipeline.ReleasableBatches` ->
+`pipeline.examples_from_batches` -> `pipeline.make_pipeline(training=True, repeat=True)`,
 and times batches taken from it, with no model. A trainer (rather than `ds.iterator()` in a
 Ray task) is used because that is the only place training reads: same worker process
 setup (Ray's CPU reservation, env vars, streaming split), same hand-over.
@@ -32,8 +32,9 @@ def measure_in_worker(config: dict) -> None:
     import ray.train
 
     from bench import common as c
-    from job import inputs, ray_driver, records
+    from job.cluster import driver
     from job.config import DataConfig
+    from job.data import pipeline, shards
 
     cfg = DataConfig(image_size=config["image_size"], batch_size_per_worker=config["batch_size"])
 
@@ -41,17 +42,17 @@ def measure_in_worker(config: dict) -> None:
 
     def from_shard(name: str):
         shard = ray.train.get_dataset_shard(name)
-        source = inputs.ReleasableBatches(
-            lambda: shard.iter_batches(batch_size=ray_driver.HANDOVER_BATCH_ROWS, batch_format="numpy",
+        source = pipeline.ReleasableBatches(
+            lambda: shard.iter_batches(batch_size=driver.HANDOVER_BATCH_ROWS, batch_format="numpy",
                                        prefetch_batches=2))
         sources.append(source)
-        examples = inputs.examples_from_batches(source, config["num_classes"])
-        return inputs.make_pipeline(examples, cfg, training=True, batch_size=config["batch_size"], seed=0,
+        examples = pipeline.examples_from_batches(source, config["num_classes"])
+        return pipeline.make_pipeline(examples, cfg, training=True, batch_size=config["batch_size"], seed=0,
                                     repeat=True, drop_remainder=True)
 
     local_root = config["local_tfrecord_root"]
-    local = inputs.make_pipeline(
-        inputs.examples_from_shards(local_root, records.load_manifest(local_root), "train", shuffle_shards=True),
+    local = pipeline.make_pipeline(
+        pipeline.examples_from_shards(local_root, shards.load_manifest(local_root), "train", shuffle_shards=True),
         cfg, training=True, batch_size=config["batch_size"], seed=0, repeat=True, drop_remainder=True)
     iterators = {"s3_tfrecord": iter(from_shard("tfrecord")), "s3_parquet": iter(from_shard("parquet")),
                  "worker_local_tfrecord": iter(local)}
@@ -77,8 +78,10 @@ def main() -> None:
     from ray.train.tensorflow import TensorflowTrainer
 
     from bench.data import FORMATS, dataset_dir
-    from job import ray_driver, records, storage
-    from job.embedded_s3 import use_embedded_s3
+    from job import storage
+    from job.cluster import driver
+    from job.data import shards
+    from job.storage.embedded import use_embedded_s3
 
     server = use_embedded_s3(BUCKET)
     try:
@@ -91,11 +94,11 @@ def main() -> None:
         out_path = os.path.abspath(os.path.join(args.workdir, "s3-pipeline-worker.json"))
         if os.path.exists(out_path):
             os.remove(out_path)
-        manifests = {fmt: records.load_manifest(uri) for fmt, uri in uris.items()}
+        manifests = {fmt: shards.load_manifest(uri) for fmt, uri in uris.items()}
         # 1 worker CPU + 1 for Ray Data's read tasks: with none spare the read never runs.
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, logging_level="WARNING")
-        ray_driver._quiet_ray_data()
-        datasets = {fmt: ray_driver.read_split(uris[fmt], manifests[fmt], "train") for fmt in FORMATS}
+        driver._quiet_ray_data()
+        datasets = {fmt: driver.read_split(uris[fmt], manifests[fmt], "train") for fmt in FORMATS}
         trainer = TensorflowTrainer(
             train_loop_per_worker=measure_in_worker,
             train_loop_config={

@@ -35,6 +35,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from job.config import load_config
+from job.data import shards
+from job.data.splits import write_synthetic
+from job.data.synthetic import SceneSpec
+from job.errors import UserError
+from job.evaluation.loading import load_best_model, predict_split
+from job.evaluation.scores import evaluate_predictions, sigmoid
+from job.launch.local import run_local
+from job.storage.run_store import RunStore
+
 log = logging.getLogger("job.experiments.correlation")
 
 PAIR = ("sea", "sunset")
@@ -65,7 +75,6 @@ class Row:
 
 def experiment_config(epochs: int, seed: int, overrides: list[str] | tuple[str, ...] = ()):
     """The small CNN used for every p: width 16, 64 px, one process, no telemetry."""
-    from job.config import load_config
 
     base = [
         "data.image_size=64", "data.batch_size_per_worker=32",
@@ -80,8 +89,6 @@ def experiment_config(epochs: int, seed: int, overrides: list[str] | tuple[str, 
 
 def make_data(root: str, p: float | None, num_images: int, seed: int, *, test_only: bool = False):
     """Write a synthetic data set; `p` ties sea and sunset (None: independent labels)."""
-    from job.datasets import write_synthetic
-    from job.synthetic import SceneSpec
 
     spec = SceneSpec(image_size=64, pairs=(((*PAIR, p),) if p is not None else ()))
     if test_only:
@@ -93,12 +100,10 @@ def make_data(root: str, p: float | None, num_images: int, seed: int, *, test_on
 
 def score_independent(run_uri: str, data_uri: str, class_names: list[str]) -> dict:
     """Predict the independent test split with the run's best checkpoint and score the pair."""
-    from job import records
-    from job.evaluate import load_best_model, load_run_config, predict_split
-    from job.metrics import evaluate_predictions, sigmoid
 
-    cfg, names, _ = load_run_config(run_uri)
-    manifest = records.load_manifest(data_uri)
+    saved = RunStore(run_uri).read_config()
+    cfg, names = saved.config, saved.class_names
+    manifest = shards.load_manifest(data_uri)
     model, _ = load_best_model(run_uri, cfg, len(names))
     preds = predict_split(model, data_uri, manifest, "test", cfg)
     m = evaluate_predictions(preds.y_true, preds.logits, names, 0.5)
@@ -130,8 +135,6 @@ def _share(flags: np.ndarray) -> float:
 def run_experiment(out: str, probabilities=DEFAULT_PROBABILITIES, num_images: int = 2400, test_images: int = 800,
                    epochs: int = 10, seed: int = 0) -> list[Row]:
     """Train one model per p and score each on its own and on the independent test set."""
-    from job import records
-    from job.runs import run_local
 
     a, b = PAIR
     indep = os.path.join(out, "data", "independent")
@@ -145,7 +148,7 @@ def run_experiment(out: str, probabilities=DEFAULT_PROBABILITIES, num_images: in
         log.info("p=%g: generating %d images with %s and %s tied at p and training %d epochs", p, num_images, a, b,
                  epochs)
         manifest = make_data(data, p, num_images, seed=seed)
-        y = records.read_labels(data, manifest, "train")
+        y = shards.read_labels(data, manifest, "train")
         i, j = manifest.class_names.index(a), manifest.class_names.index(b)
         metrics = run_local(experiment_config(epochs, seed), data, run)
         scores = score_independent(run, indep, manifest.class_names)
@@ -203,10 +206,9 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("absl", "tensorflow", "matplotlib", "PIL", "job.train", "job.run", "job.evaluate",
-                  "job.checkpoints"):
+    for noisy in ("absl", "tensorflow", "matplotlib", "PIL", "job.train", "job.run", "job.evaluation.evaluate",
+                  "job.training.checkpoints"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from job.errors import UserError
 
     try:
         for p in args.probabilities:

@@ -17,6 +17,8 @@ import socket
 import threading
 
 from job.errors import UserError
+from job.storage.access import ensure_bucket
+from job.storage.client import reset_clients
 
 _START_TIMEOUT_SECONDS = 15
 # moto accepts any credentials; these are placeholders, not secrets.
@@ -153,10 +155,8 @@ def use_embedded_s3(bucket: str | None = None) -> EmbeddedS3:
             os.environ[name] = value
     _reset_storage_clients()
     if bucket:
-        from job import storage
-
         try:
-            storage.ensure_bucket(f"s3://{bucket}")
+            ensure_bucket(f"s3://{bucket}")
         except BaseException:
             server.stop()
             raise
@@ -164,6 +164,4 @@ def use_embedded_s3(bucket: str | None = None) -> EmbeddedS3:
 
 
 def _reset_storage_clients() -> None:
-    from job import storage
-
-    storage.reset_clients()
+    reset_clients()

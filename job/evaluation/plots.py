@@ -22,6 +22,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from job.data.labels import conditional_probabilities, cooccurrence
+
 DPI = 100
 # Colours used for right and wrong labels in the prediction grid (colour-blind friendly pair
 # plus black for "right"), and for the two threshold settings in the bar chart.
@@ -184,7 +186,6 @@ def cooccurrence_heatmap(y: np.ndarray, class_names: Sequence[str], title: str =
     Returns:
         PNG bytes.
     """
-    from job.labels import conditional_probabilities, cooccurrence
 
     names = list(class_names)
     both = cooccurrence(y)

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from job import records, storage
+from job.data import shards
+
+from job import storage
 from job.errors import UserError
 
 
@@ -54,7 +56,7 @@ def _decodes(image: bytes) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-def check_shard(root: str, manifest: records.Manifest, shard: records.Shard, *, full_hash: bool,
+def check_shard(root: str, manifest: shards.Manifest, shard: shards.Shard, *, full_hash: bool,
                 sample_records: int, progress=None) -> list[str]:
     """Problems found in one shard."""
     uri = storage.join(root, shard.path)
@@ -72,7 +74,7 @@ def check_shard(root: str, manifest: records.Manifest, shard: records.Shard, *, 
     width = len(manifest.class_names)
     count = 0
     try:
-        for index, example in enumerate(records.read_shard(data, manifest.format, uri)):
+        for index, example in enumerate(shards.read_shard(data, manifest.format, uri)):
             count += 1
             labels = np.asarray(example.labels)
             if labels.shape != (width,):
@@ -88,7 +90,7 @@ def check_shard(root: str, manifest: records.Manifest, shard: records.Shard, *, 
                 break
             if not full_hash and index + 1 >= sample_records:
                 return problems
-    except records.DatasetError as exc:
+    except shards.DatasetError as exc:
         return problems + [str(exc)]
     if full_hash and not problems and count != shard.num_examples:
         problems.append(f"shard {uri} holds {count} records but the manifest lists {shard.num_examples}")
@@ -108,7 +110,7 @@ def validate_dataset(root: str, *, full_hash: bool = False, workers: int = 1, sa
     """
     report = ValidationReport(root=root)
     try:
-        manifest = records.load_manifest(root)
+        manifest = shards.load_manifest(root)
     except UserError as exc:
         report.errors.append(str(exc))
         return report
@@ -133,13 +135,13 @@ def validate_dataset(root: str, *, full_hash: bool = False, workers: int = 1, sa
     return report
 
 
-def summary_table(manifest: records.Manifest) -> str:
+def summary_table(manifest: shards.Manifest) -> str:
     """Examples and label counts per split, as a fixed-width table."""
     names = list(manifest.class_names)
     width = max(8, *(len(n) for n in names))
     header = f"{'split':<6} {'shards':>6} {'examples':>9} " + " ".join(f"{n:>{width}}" for n in names)
     rows = [header, "-" * len(header)]
-    for split in records.SPLITS:
+    for split in shards.SPLITS:
         if split not in manifest.splits:
             continue
         counts = manifest.label_counts(split)

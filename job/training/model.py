@@ -16,8 +16,8 @@ import tensorflow as tf
 import tf_keras
 from tf_keras import layers
 
-from job import metrics as job_metrics
 from job.errors import UserError
+from job.training import metrics as job_metrics
 
 BACKBONES = (
     "small_cnn",

@@ -1,30 +1,50 @@
-"""`python -m job demo`: the whole product on one machine, with no setup.
+"""`demo`: the whole product on one machine, with no setup.
 
 Embedded S3 server (unless S3_ENDPOINT_URL points at MinIO or another server) -> synthetic
 shards on s3:// -> distributed training on a local Ray with 2 workers -> checkpoints on
 s3:// -> evaluation -> a local copy of the outputs.
+
+Example:
+  python -m job demo
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
 
 from job import storage
 from job.config import find_preset, load_config
+from job.data.splits import write_synthetic
+from job.data.synthetic import SceneSpec
+from job.storage.embedded import use_embedded_s3
 
-log = logging.getLogger("job.demo")
+log = logging.getLogger(__name__)
 
+HELP = "Embedded S3 -> synthetic shards -> distributed training -> evaluation."
 DEMO_PRESET = "demo"
+
+
+def add_arguments(d: argparse.ArgumentParser) -> None:
+    d.add_argument("--bucket", default="multilabel", help="Bucket for data and runs (default: multilabel).")
+    d.add_argument("--num-images", type=int, default=2000, help="Synthetic images to generate (default 2000).")
+    d.add_argument("--workers", type=int, default=None, help="Ray Train workers (default: configs/demo.yaml, 2).")
+    d.add_argument("--out", default="runs/demo", help="Local folder that receives a copy of the outputs.")
+    d.add_argument("--local", action="store_true", help="Train in this process instead of on Ray.")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Config override, repeatable.")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_demo(bucket=args.bucket, num_images=args.num_images, workers=args.workers, out_dir=args.out,
+             local=args.local, overrides=args.set)
+    return 0
 
 
 def run_demo(bucket: str = "multilabel", num_images: int = 2000, workers: int | None = None,
              out_dir: str = "runs/demo", local: bool = False, overrides: list[str] | None = None) -> dict:
     """Run the demo end to end and copy its outputs to `out_dir`. Returns metrics.json's content."""
-    from job.datasets import write_synthetic
-    from job.synthetic import SceneSpec
-
     overrides = list(overrides or [])
     if workers is not None:
         overrides.append(f"scaling.num_workers={workers}")
@@ -35,8 +55,6 @@ def run_demo(bucket: str = "multilabel", num_images: int = 2000, workers: int | 
     start = time.perf_counter()
     server = None
     if not os.environ.get("S3_ENDPOINT_URL"):
-        from job.embedded_s3 import use_embedded_s3
-
         server = use_embedded_s3(bucket)
         log.info("embedded S3 server at %s (bucket %s; data lives as long as this command)", server.endpoint_url, bucket)
     else:
@@ -50,11 +68,13 @@ def run_demo(bucket: str = "multilabel", num_images: int = 2000, workers: int | 
             write_synthetic(data_uri, SceneSpec(image_size=cfg.data.image_size), num_images=num_images,
                             seed=cfg.training.seed, num_shards=max(4, cfg.scaling.num_workers), progress=False)
         if local:
-            from job.runs import run_local
+            # Imported here, not at the top: it loads TensorFlow, and `--help` must stay instant.
+            from job.launch.local import run_local
 
             metrics = run_local(cfg, data_uri, run_uri)
         else:
-            from job.ray_driver import run_distributed
+            # Imported here, not at the top: it loads Ray, and `--help` must stay instant.
+            from job.cluster.driver import run_distributed
 
             metrics = run_distributed(cfg, data_uri, run_uri)
         _copy_outputs(run_uri, out_dir)

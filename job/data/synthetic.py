@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from job.errors import UserError
-from job.labels import DEFAULT_CLASS_NAMES
+from job.data.labels import DEFAULT_CLASS_NAMES
 
 MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 1024

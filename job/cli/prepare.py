@@ -21,14 +21,23 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from job.data.prepare import (
+    DEFAULT_JPEG_QUALITY,
+    DEFAULT_MIN_TRAIN_SHARDS,
+    DEFAULT_TARGET_SHARD_MB,
+    PrepareOptions,
+    default_threads,
+    parse_classes,
+    prepare_dataset,
+)
 
 HELP = "Turn a folder of images plus a labels CSV into a data set (local path or s3://)."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from job.prepare import DEFAULT_JPEG_QUALITY, DEFAULT_MIN_TRAIN_SHARDS, DEFAULT_TARGET_SHARD_MB, default_threads
-
     p.add_argument("--images", required=True, metavar="DIR", help="Folder the CSV's image paths are relative to.")
     p.add_argument("--labels", required=True, metavar="CSV",
                    help="CSV with columns `image` (relative path) and `labels` (space-separated names).")
@@ -62,11 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
 
 
-def main(args: argparse.Namespace) -> int:
-    import os
-
-    from job.prepare import PrepareOptions, parse_classes, prepare_dataset
-
+def run(args: argparse.Namespace) -> int:
     options = PrepareOptions(
         fmt=args.format,
         classes=parse_classes(args.classes) if args.classes is not None else None,

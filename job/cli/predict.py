@@ -19,6 +19,8 @@ import json
 import logging
 import sys
 
+from job.errors import UserError
+
 HELP = "Predict labels of images with an exported model or a run."
 
 
@@ -49,9 +51,9 @@ def format_table(images: list[str], class_names: list[str], probabilities, decis
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    from job.errors import UserError
-    from job.export import load_predictor, read_images
+def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: it loads TensorFlow, and `--help` must stay instant.
+    from job.evaluation.export import load_predictor, read_images
 
     _logs_to_stderr()
     if args.batch_size < 1:

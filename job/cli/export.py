@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Folder for the SavedModel, local or s3:// (new, empty, or an earlier export).")
 
 
-def main(args: argparse.Namespace) -> int:
-    from job.export import export_run
+def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: it loads TensorFlow, and `--help` must stay instant.
+    from job.evaluation.export import export_run
 
     info = export_run(args.run, args.out)
     thresholds = ", ".join(f"{n} {t:.3f}" for n, t in zip(info.class_names, info.thresholds))

@@ -1,7 +1,7 @@
-"""What every run does around training, in one place: pre-flight checks, the plan, the
-single-process path, and the outputs (config.json, history.json, metrics.json).
+"""What every run does around training: pre-flight checks, the plan, and the outputs.
 
-The distributed path (`ray_driver.py`) reuses `plan_run`, `finish_run` and the outputs.
+Both paths use it: the single-process run (`launch/local.py`) and the Ray run
+(`cluster/driver.py`).
 """
 
 from __future__ import annotations
@@ -9,12 +9,20 @@ from __future__ import annotations
 import logging
 import platform
 from dataclasses import dataclass
+from importlib import metadata
 
-from job import checkpoints, records, storage
-from job.config import Config, config_to_dict, describe
+from job import storage
+from job.config import Config
+from job.data import shards
+from job.data.labels import find_correlated_pairs
+from job.data.validate import validate_dataset
 from job.errors import UserError
+from job.evaluation.evaluate import evaluate_run
+from job.storage.run_store import RunStore
+from job.training.loop import WorkerPlan
+from job.training.model import check_model_options
 
-log = logging.getLogger("job.run")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,7 +32,7 @@ class RunPlan:
     data_uri: str
     run_uri: str
     run_name: str
-    manifest: records.Manifest
+    manifest: shards.Manifest
     num_workers: int
     batch_size_per_worker: int
     global_batch_size: int
@@ -32,17 +40,15 @@ class RunPlan:
     validation_steps: int
     examples_per_worker: int
 
-    def train_plan(self):
+    def for_workers(self) -> WorkerPlan:
         """The part of the plan every worker needs."""
-        from job.train_loop import TrainPlan
-
-        return TrainPlan(run_uri=self.run_uri, run_name=self.run_name, class_names=tuple(self.manifest.class_names),
+        return WorkerPlan(run_uri=self.run_uri, run_name=self.run_name, class_names=tuple(self.manifest.class_names),
                          steps_per_epoch=self.steps_per_epoch, validation_steps=self.validation_steps,
                          batch_size_per_worker=self.batch_size_per_worker)
 
     def describe(self) -> str:
         m = self.manifest
-        sizes = ", ".join(f"{s} {m.num_examples(s)}" for s in records.SPLITS if s in m.splits)
+        sizes = ", ".join(f"{s} {m.num_examples(s)}" for s in shards.SPLITS if s in m.splits)
         return "\n".join([
             f"run name          {self.run_name}",
             f"run location      {self.run_uri}",
@@ -56,16 +62,15 @@ class RunPlan:
 
 
 def resolve_run(output_uri: str, run_name: str | None, cfg: Config) -> tuple[str, str]:
-    """(run URI, run name). The run is `--output`; its name is its last part unless set.
+    """(run URI, run name). `--output` is the run folder, always: files go directly under it.
 
-    A stable name is what lets the same command resume instead of starting over.
+    The name (`--run-name`, else the config's `run_name`, else the folder's last part) only
+    labels the run in logs and metrics. A stable folder is what lets the same command resume.
     """
     output_uri = output_uri.rstrip("/")
     name = run_name or cfg.run_name or storage.basename(output_uri)
-    if not name:
-        raise UserError(f"--output {output_uri!r} has no last path part to name the run; pass --run-name NAME.")
-    if storage.basename(output_uri) != name:
-        output_uri = storage.join(output_uri, name)
+    if not name or not storage.basename(output_uri):
+        raise UserError(f"--output {output_uri!r} names no run folder; pass a folder such as s3://BUCKET/runs/NAME.")
     return output_uri, name
 
 
@@ -77,16 +82,14 @@ def plan_run(cfg: Config, data_uri: str, output_uri: str, run_name: str | None, 
         missing data set, empty split, too little data for the workers, bad model options,
         unreachable storage.
     """
-    from job.model import check_model_options
-
     check_model_options(cfg.model.backbone, cfg.model.weights, cfg.data.image_size)
     if storage.is_s3(cfg.model.weights) and not storage.exists(cfg.model.weights):
         raise UserError(f"model.weights {cfg.model.weights} does not exist. Pass an existing weights file, or 'none'.")
     storage.check_access(data_uri)
-    manifest = records.load_manifest(data_uri)
+    manifest = shards.load_manifest(data_uri)
     for split in ("train", "val"):
         if manifest.num_examples(split) == 0:
-            raise records.DatasetError(
+            raise shards.DatasetError(
                 f"The {split!r} split of {data_uri} is empty. Re-create the data set with a larger "
                 f"{'--val-fraction' if split == 'val' else 'image count'}."
             )
@@ -101,11 +104,11 @@ def plan_run(cfg: Config, data_uri: str, output_uri: str, run_name: str | None, 
             f"{num_workers} worker(s), fewer than one batch of {batch}. Use fewer workers "
             f"(--set scaling.num_workers=N), a smaller data.batch_size_per_worker, or more data."
         )
-    shards = len(manifest.splits.get("train", []))
-    if shards < num_workers:
+    train_shards = len(manifest.splits.get("train", []))
+    if train_shards < num_workers:
         log.warning("the train split has %d shard(s) for %d workers; Ray Data splits within shards, but reads "
                     "are less parallel. Re-shard with more shards (synth/prepare --num-shards) for large sets.",
-                    shards, num_workers)
+                    train_shards, num_workers)
     return RunPlan(data_uri=data_uri, run_uri=run_uri, run_name=name, manifest=manifest, num_workers=num_workers,
                    batch_size_per_worker=batch, global_batch_size=batch * num_workers, steps_per_epoch=steps,
                    validation_steps=-(-manifest.num_examples("val") // batch), examples_per_worker=per_worker)
@@ -113,12 +116,10 @@ def plan_run(cfg: Config, data_uri: str, output_uri: str, run_name: str | None, 
 
 def verify_data(cfg: Config, plan: RunPlan) -> None:
     """Refuse to train on shards that do not match dataset.json (size, sha256)."""
-    from job.validate import validate_dataset
-
     report = validate_dataset(plan.data_uri, full_hash=cfg.data.verify_checksums, workers=plan.num_workers,
                               sample_records=4)
     if not report.ok:
-        raise records.DatasetError(
+        raise shards.DatasetError(
             f"The data set at {plan.data_uri} failed its pre-flight check:\n  - "
             + "\n  - ".join(report.errors)
             + f"\nRun `python -m job validate {plan.data_uri}` for the full report; re-create or restore the shards."
@@ -127,9 +128,7 @@ def verify_data(cfg: Config, plan: RunPlan) -> None:
 
 def warn_correlated_labels(cfg: Config, plan: RunPlan, limit: int = 5000) -> None:
     """Warn at start when two labels (nearly) always appear together in the train split."""
-    from job.labels import find_correlated_pairs
-
-    y = records.read_labels(plan.data_uri, plan.manifest, "train", limit=limit)
+    y = shards.read_labels(plan.data_uri, plan.manifest, "train", limit=limit)
     for pair in find_correlated_pairs(y, plan.manifest.class_names, cfg.evaluation.correlated_pair_threshold):
         log.warning(
             "labels %r and %r appear together in %.0f%% / %.0f%% of their train images: the model cannot learn "
@@ -141,8 +140,6 @@ def warn_correlated_labels(cfg: Config, plan: RunPlan, limit: int = 5000) -> Non
 
 def environment_info() -> dict:
     """Versions and machine facts saved with every run, for reproducibility."""
-    from importlib import metadata
-
     versions = {}
     for pkg in ("tensorflow", "tf-keras", "ray", "pyarrow", "boto3", "prometheus-client", "numpy"):
         try:
@@ -154,67 +151,16 @@ def environment_info() -> dict:
 
 def write_config(cfg: Config, plan: RunPlan) -> None:
     """Save the resolved config, the seed, the data set and the package versions with the run."""
-    storage.write_json(storage.join(plan.run_uri, "config.json"), {
-        "config": config_to_dict(cfg),
-        "run_name": plan.run_name,
-        "data": plan.data_uri,
-        "class_names": list(plan.manifest.class_names),
-        "num_workers": plan.num_workers,
-        "global_batch_size": plan.global_batch_size,
-        "steps_per_epoch": plan.steps_per_epoch,
-        "environment": environment_info(),
-    })
+    RunStore(plan.run_uri).write_config(cfg, run_name=plan.run_name, data_uri=plan.data_uri,
+                                        class_names=list(plan.manifest.class_names), facts={
+                                            "num_workers": plan.num_workers,
+                                            "global_batch_size": plan.global_batch_size,
+                                            "steps_per_epoch": plan.steps_per_epoch,
+                                            "environment": environment_info(),
+                                        })
 
 
 def finish_run(cfg: Config, plan: RunPlan, history: list[dict]) -> dict:
     """Evaluate the best checkpoint on every split and write history.json and metrics.json."""
-    from job.evaluate import evaluate_run
-
-    storage.write_json(storage.join(plan.run_uri, "history.json"), history)
+    RunStore(plan.run_uri).write_history(history)
     return evaluate_run(plan.run_uri, data_uri=plan.data_uri, cfg=cfg)
-
-
-# ---------------------------------------------------------------------------- single process
-
-
-class LocalReporter:
-    """Single-process runs: publish rank 0's checkpoints under the run and apply retention."""
-
-    def __init__(self, run_uri: str, keep_best: int):
-        self.run_uri, self.keep_best = run_uri, keep_best
-
-    def report(self, metrics: dict, checkpoint_dir: str | None, epoch: int) -> None:
-        if checkpoint_dir is None:
-            return
-        checkpoints.publish(checkpoint_dir, storage.join(self.run_uri, checkpoints.dir_name(epoch)))
-        checkpoints.remove_local(checkpoint_dir)
-        checkpoints.prune(self.run_uri, self.keep_best)
-
-
-def run_local(cfg: Config, data_uri: str, output_uri: str, run_name: str | None = None, dry_run: bool = False) -> dict | None:
-    """Train in this process (no Ray), then evaluate. Returns metrics.json's content."""
-    from job import inputs, train_loop
-    from job.telemetry import WorkerTelemetry
-
-    plan = plan_run(cfg, data_uri, output_uri, run_name, num_workers=1)
-    log.info("plan:\n%s", plan.describe())
-    if dry_run:
-        return None
-    verify_data(cfg, plan)
-    warn_correlated_labels(cfg, plan)
-    log.info("config:\n%s", describe(cfg))
-    write_config(cfg, plan)
-    tplan = plan.train_plan()
-    telemetry = WorkerTelemetry(plan.run_name, 0, cfg.telemetry.worker_port_base, enabled=cfg.telemetry.enabled)
-    try:
-        history = train_loop.train_worker(
-            cfg, tplan, train_loop.WorkerInfo(),
-            train_examples=lambda: inputs.examples_from_shards(data_uri, plan.manifest, "train", shuffle_shards=True,
-                                                               seed=cfg.training.seed),
-            val_examples=lambda: inputs.examples_from_shards(data_uri, plan.manifest, "val"),
-            reporter=LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
-            telemetry=telemetry,
-        )
-    finally:
-        telemetry.close()
-    return finish_run(cfg, plan, history)

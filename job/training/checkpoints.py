@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 
 from job import storage
+from job.storage.run_store import checkpoint_dir_name, checkpoint_epoch
 
-log = logging.getLogger("job.checkpoints")
+log = logging.getLogger(__name__)
 
-PREFIX = "checkpoint_epoch-"
 MANIFEST = "manifest.json"
 STATE = "state.json"
 WEIGHTS_PREFIX = "model.ckpt"
-_NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -43,12 +41,6 @@ class RestoredCheckpoint:
     @property
     def epoch(self) -> int:
         return int(self.state["epoch"])
-
-
-def dir_name(epoch: int) -> str:
-    """Folder name of the checkpoint taken after `epoch` (1-based)."""
-    return f"{PREFIX}{epoch:06d}"
-
 
 
 def write_manifest(local_dir: str) -> dict:
@@ -93,9 +85,9 @@ def list_checkpoints(run_uri: str) -> list[tuple[int, str]]:
     for uri in storage.list_files(run_uri):
         rel = uri[len(run_uri.rstrip("/")) + 1:]
         top = rel.split("/", 1)[0]
-        m = _NAME.match(top)
-        if m and "/" in rel:
-            found[int(m.group(1))] = storage.join(run_uri, top)
+        epoch = checkpoint_epoch(top)
+        if epoch is not None and "/" in rel:
+            found[epoch] = storage.join(run_uri, top)
     return sorted(found.items(), reverse=True)
 
 
@@ -118,7 +110,7 @@ def restore_latest(run_uri: str, work_dir: str | None = None) -> RestoredCheckpo
     """The newest intact checkpoint of a run, copied to a local folder; None if there is none."""
     work_dir = work_dir or tempfile.mkdtemp(prefix="restore-")
     for epoch, uri in list_checkpoints(run_uri):
-        restored = fetch(uri, os.path.join(work_dir, dir_name(epoch)))
+        restored = fetch(uri, os.path.join(work_dir, checkpoint_dir_name(epoch)))
         if restored is not None:
             return restored
     return None
@@ -135,7 +127,7 @@ def restore_best(run_uri: str, work_dir: str | None = None) -> RestoredCheckpoin
         except Exception:
             continue
     for _, neg_epoch, uri in sorted(candidates):
-        restored = fetch(uri, os.path.join(work_dir, dir_name(-neg_epoch)))
+        restored = fetch(uri, os.path.join(work_dir, checkpoint_dir_name(-neg_epoch)))
         if restored is not None:
             return restored
     return None
@@ -175,4 +167,5 @@ def prune(run_uri: str, keep_best: int) -> list[str]:
 
 
 def remove_local(path: str) -> None:
+    """Delete a local checkpoint copy; a missing folder is fine."""
     shutil.rmtree(path, ignore_errors=True)

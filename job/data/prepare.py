@@ -17,7 +17,7 @@ TensorFlow could not decode). Each problem names the CSV row (row 1 is the heade
 Images are passed through byte for byte, or re-encoded as JPEG (optionally resized).
 Reading, checking and re-encoding run on a thread pool: PIL releases the GIL while it
 decodes and encodes, and file reads overlap with shard encoding and upload.
-Writing goes through `datasets.write_dataset`, so the layout and dataset.json are the same
+Writing goes through `splits.write_dataset`, so the layout and dataset.json are the same
 as `synth`'s.
 """
 
@@ -35,9 +35,13 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from job import datasets, records, storage
+from job.data import splits
+
+from job.data import shards
+
+from job import storage
 from job.errors import UserError
-from job.labels import parse_label_field, to_multi_hot
+from job.data.labels import parse_label_field, to_multi_hot
 from job.progress import Progress
 
 REQUIRED_COLUMNS = ("image", "labels")
@@ -116,8 +120,8 @@ class PrepareOptions:
 
     def check(self) -> None:
         """Raises UserError for option values or combinations that cannot work."""
-        if self.fmt not in records.FORMATS:
-            raise UserError(f"--format must be one of {', '.join(records.FORMATS)}, got {self.fmt!r}.")
+        if self.fmt not in shards.FORMATS:
+            raise UserError(f"--format must be one of {', '.join(shards.FORMATS)}, got {self.fmt!r}.")
         if self.num_shards is not None and self.target_shard_mb is not None:
             raise UserError("Give --num-shards or --target-shard-mb, not both.")
         if self.num_shards is not None and self.num_shards < 1:
@@ -141,7 +145,7 @@ class PrepareOptions:
 class PrepareResult:
     """What `prepare_dataset` wrote and what it left out."""
 
-    manifest: records.Manifest
+    manifest: shards.Manifest
     rows: int  # data rows in the CSV
     skipped: list[BadRow]
     seconds: float
@@ -424,23 +428,23 @@ def prepare_dataset(images_dir: str, labels_csv: str, out: str, options: Prepare
     if not class_names:
         raise UserError(f"No row in {labels_csv} has any label; fill the `labels` column (space-separated names).")
     labels = np.stack([to_multi_hot(row.labels, class_names) for row in good]).astype(np.int64)
-    splits = datasets.assign_splits(len(good), options.val_fraction, options.test_fraction, options.seed)
-    num_train_shards = train_shard_count(good, splits["train"], options)
+    assigned = splits.assign_splits(len(good), options.val_fraction, options.test_fraction, options.seed)
+    num_train_shards = train_shard_count(good, assigned["train"], options)
 
     # write_dataset asks for examples split by split, each in index order.
-    order = np.concatenate([splits[name] for name in records.SPLITS if len(splits.get(name, []))])
+    order = np.concatenate([assigned[name] for name in shards.SPLITS if len(assigned.get(name, []))])
     prefetch = _Prefetcher(
         order, lambda i: load_image(good[i].path, options.reencode, options.image_size, options.quality),
         threads=options.threads, window=4 * options.threads)
 
-    def make_example(i: int) -> records.Example:
+    def make_example(i: int) -> shards.Example:
         try:
             image = prefetch.get(i)
         except (OSError, ValueError) as exc:
             # The file changed or vanished after the check.
             raise UserError(f"{os.path.basename(labels_csv)} row {good[i].number} ({good[i].image}): cannot read "
                             f"the image while writing ({type(exc).__name__}: {exc}).") from None
-        return records.Example(id=good[i].image, image=image, labels=labels[i])
+        return shards.Example(id=good[i].image, image=image, labels=labels[i])
 
     source = {"prepare": {
         "images": os.path.abspath(images_dir),
@@ -456,7 +460,7 @@ def prepare_dataset(images_dir: str, labels_csv: str, out: str, options: Prepare
         "jpeg_quality": options.quality if options.reencode else None,
     }}
     try:
-        manifest = datasets.write_dataset(out, class_names, options.fmt, splits, make_example, num_train_shards,
+        manifest = splits.write_dataset(out, class_names, options.fmt, assigned, make_example, num_train_shards,
                                           source, progress)
     finally:
         prefetch.close()

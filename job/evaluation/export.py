@@ -32,9 +32,12 @@ from datetime import datetime, timezone
 import numpy as np
 
 from job import storage
+from job.data.pipeline import decode_image
 from job.errors import UserError
+from job.evaluation.loading import load_best_model, load_thresholds
+from job.storage.run_store import RunStore
 
-log = logging.getLogger("job.export")
+log = logging.getLogger("job.evaluation.export")
 
 SAVED_MODEL_FILE = "saved_model.pb"
 LABELS_ASSET = "labels.txt"
@@ -100,8 +103,6 @@ def build_serving_module(model, class_names: list[str], thresholds, image_size: 
         The module; save it with `tf.saved_model.save(module, dir, signatures=module.signatures())`.
     """
     import tensorflow as tf
-
-    from job.inputs import decode_image
 
     thresholds = np.asarray(thresholds, dtype=np.float32)
     if thresholds.shape != (len(class_names),):
@@ -173,11 +174,10 @@ def export_run(run_uri: str, out_uri: str) -> ExportInfo:
     """
     import tensorflow as tf
 
-    from job.evaluate import load_best_model, load_run_config, load_thresholds
-
     run_uri, out_uri = run_uri.rstrip("/"), out_uri.rstrip("/")
     _check_target(out_uri)
-    cfg, class_names, _ = load_run_config(run_uri)
+    saved = RunStore(run_uri).read_config()
+    cfg, class_names = saved.config, saved.class_names
     thresholds = load_thresholds(run_uri, class_names)
     source = "thresholds.json"
     if thresholds is None:
@@ -287,9 +287,8 @@ class RunPredictor(Predictor):
     """A run's best checkpoint, built in this process (same decode as training)."""
 
     def __init__(self, uri: str):
-        from job.evaluate import load_best_model, load_run_config, load_thresholds
-
-        cfg, self.class_names, _ = load_run_config(uri)
+        saved = RunStore(uri).read_config()
+        cfg, self.class_names = saved.config, saved.class_names
         thresholds = load_thresholds(uri, self.class_names)
         if thresholds is None:
             log.warning("the run has no thresholds.json; predicting with 0.5 for every label")
@@ -301,8 +300,6 @@ class RunPredictor(Predictor):
 
     def _probabilities(self, images: list[bytes]) -> np.ndarray:
         import tensorflow as tf
-
-        from job.inputs import decode_image
 
         pixels = tf.stack([decode_image(tf.constant(b), self.image_size) for b in images])
         return tf.sigmoid(tf.cast(self.model(pixels, training=False), tf.float32)).numpy()
@@ -317,7 +314,7 @@ def load_predictor(uri: str) -> Predictor:
     uri = uri.rstrip("/")
     if storage.exists(storage.join(uri, SAVED_MODEL_FILE)):
         return SavedModelPredictor(uri)
-    if storage.exists(storage.join(uri, "config.json")):
+    if RunStore(uri).is_run():
         return RunPredictor(uri)
     raise UserError(f"--model {uri} is neither an exported model (no {SAVED_MODEL_FILE}) nor a run (no "
                     f"config.json). Pass the folder from `python -m job export` or a `train --output`.")

@@ -19,7 +19,9 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
-from job import records, storage
+from job.data import shards
+
+from job import storage
 from job.config import DataConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -45,7 +47,7 @@ def load_shard_arrays(uri: str, fmt: str, num_classes: int) -> tuple[np.ndarray,
     except Exception:  # noqa: BLE001 - the careful reader below says what is wrong
         images, labels = _parse_shard_careful(data, uri, fmt, num_classes)
     if labels.shape[1] != num_classes:
-        raise records.DatasetError(
+        raise shards.DatasetError(
             f"Shard {uri} has labels of width {labels.shape[1]}, but dataset.json lists "
             f"{num_classes} class names. Re-create the data set so both agree."
         )
@@ -53,7 +55,7 @@ def load_shard_arrays(uri: str, fmt: str, num_classes: int) -> tuple[np.ndarray,
 
 
 def _parse_shard_careful(data: bytes, uri: str, fmt: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    examples = list(records.read_shard(data, fmt, uri))
+    examples = list(shards.read_shard(data, fmt, uri))
     images = np.array([e.image for e in examples], dtype=object)
     labels = np.stack([e.labels for e in examples]).astype(np.int64) if examples else np.zeros((0, num_classes), np.int64)
     return images, labels
@@ -64,7 +66,7 @@ def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tupl
     if fmt == "tfrecord":
         # The framing check catches a file cut inside a record header, which TensorFlow's
         # reader would take for a clean end of file.
-        count = len(records.split_tfrecord(data, uri))
+        count = len(shards.split_tfrecord(data, uri))
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "shard.tfrecord")
             with open(path, "wb") as fh:
@@ -78,7 +80,7 @@ def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tupl
             "labels": tf.io.FixedLenFeature([num_classes], tf.int64),
         })
         return parsed["image"].numpy().astype(object), parsed["labels"].numpy().astype(np.int64)
-    table = records.parquet_table(data, columns=["image", "labels"])
+    table = shards.parquet_table(data, columns=["image", "labels"])
     images = np.array(table.column("image").to_pylist(), dtype=object)
     labels_col = table.column("labels").combine_chunks()
     flat = labels_col.flatten().to_numpy(zero_copy_only=False)
@@ -87,12 +89,12 @@ def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tupl
     return images, flat.astype(np.int64).reshape(table.num_rows, num_classes)
 
 
-def examples_from_shards(root: str, manifest: records.Manifest, split: str, *, shuffle_shards: bool = False,
+def examples_from_shards(root: str, manifest: shards.Manifest, split: str, *, shuffle_shards: bool = False,
                          seed: int = 0) -> tf.data.Dataset:
     """(image bytes, labels) for every example of `split`, reading one shard at a time."""
     uris = manifest.shard_uris(root, split)
     if not uris:
-        raise records.DatasetError(f"The data set at {root} has no {split!r} shards.")
+        raise shards.DatasetError(f"The data set at {root} has no {split!r} shards.")
     num_classes = len(manifest.class_names)
     fmt = manifest.format
 
@@ -201,7 +203,7 @@ def examples_from_batches(make_batches: Callable[[], Iterator[Mapping[str, np.nd
     }
 
     def to_examples(blobs, labels):
-        # No labels column means the blobs are serialised tf.train.Example records.
+        # No labels column means the blobs are serialised tf.train.Example shards.
         def parse():
             parsed = tf.io.parse_example(blobs, features)
             return parsed["image"], tf.cast(parsed["labels"], tf.float32)

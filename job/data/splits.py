@@ -10,9 +10,11 @@ from typing import Callable
 
 import numpy as np
 
-from job import records
+from job.data import shards
 from job.errors import UserError
 from job.progress import Progress
+from job import storage
+from job.data.synthetic import generate
 
 
 def assign_splits(num_examples: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -46,8 +48,8 @@ def shard_counts(num_train_shards: int, sizes: dict[str, int]) -> dict[str, int]
 
 
 def write_dataset(root: str, class_names: list[str], fmt: str, splits: dict[str, np.ndarray],
-                  make_example: Callable[[int], records.Example], num_train_shards: int, source: dict,
-                  progress: bool = True) -> records.Manifest:
+                  make_example: Callable[[int], shards.Example], num_train_shards: int, source: dict,
+                  progress: bool = True) -> shards.Manifest:
     """Write every split's shards, then dataset.json (last, so readers never see half a set).
 
     Args:
@@ -71,40 +73,38 @@ def write_dataset(root: str, class_names: list[str], fmt: str, splits: dict[str,
         nonlocal done
         for i in indices:
             example = make_example(int(i))
-            encodings.add(records.sniff_encoding(example.image))
+            encodings.add(shards.sniff_encoding(example.image))
             yield example
             done += 1
             if done % 50 == 0 or done == total:
                 bar.update(done, total)
 
     written = {}
-    for name in records.SPLITS:
+    for name in shards.SPLITS:
         if sizes.get(name, 0) == 0:
             written[name] = []
             continue
-        written[name] = records.write_split(root, name, stream(splits[name]), sizes[name], counts[name], fmt,
+        written[name] = shards.write_split(root, name, stream(splits[name]), sizes[name], counts[name], fmt,
                                             len(class_names))
     bar.close()
-    manifest = records.Manifest(format=fmt, class_names=list(class_names), splits=written, source=source,
-                                image_encoding=records.describe_encodings(encodings))
-    records.write_manifest(root, manifest)
+    manifest = shards.Manifest(format=fmt, class_names=list(class_names), splits=written, source=source,
+                                image_encoding=shards.describe_encodings(encodings))
+    shards.write_manifest(root, manifest)
     return manifest
 
 
 def write_synthetic(out: str, spec, *, num_images: int, seed: int, fmt: str = "tfrecord", num_shards: int = 4,
-                    val_fraction: float = 0.15, test_fraction: float = 0.15, progress: bool = True) -> records.Manifest:
+                    val_fraction: float = 0.15, test_fraction: float = 0.15, progress: bool = True) -> shards.Manifest:
     """Generate `num_images` synthetic scenes and write them as a data set at `out`."""
-    from job import storage
-    from job.synthetic import generate
 
     if num_images < 3:
         raise UserError(f"--num-images must be at least 3 (one per split), got {num_images}.")
     storage.check_access(out, write=True)
     splits = assign_splits(num_images, val_fraction, test_fraction, seed)
 
-    def make_example(i: int) -> records.Example:
+    def make_example(i: int) -> shards.Example:
         image_id, jpeg, labels = next(generate(1, spec, seed, start=i))
-        return records.Example(id=image_id, image=jpeg, labels=labels)
+        return shards.Example(id=image_id, image=jpeg, labels=labels)
 
     source = {"synthetic": {"num_images": num_images, "seed": seed, "image_size": spec.image_size,
                             "label_probability": list(spec.label_probability),

@@ -1,0 +1,31 @@
+"""`analyze`: label frequencies, co-occurrence, P(j|i) and phi; flags inseparable label pairs.
+
+Example:
+  python -m job analyze --data s3://multilabel/datasets/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from job.data import shards
+from job.data.labels import format_label_analysis
+
+HELP = "Label frequencies, co-occurrence, P(j|i), phi; flags inseparable pairs."
+
+
+def add_arguments(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--data", required=True, help="Data set root (local path or s3://).")
+    a.add_argument("--splits", default="train,val,test", help="Splits to include (default all).")
+    a.add_argument("--threshold", type=float, default=0.95, help="Flag pairs whose P(j|i) and P(i|j) reach this.")
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = shards.load_manifest(args.data)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    y = np.concatenate([shards.read_labels(args.data, manifest, s) for s in splits if s in manifest.splits])
+    print(f"{args.data}: {len(y)} images from split(s) {', '.join(splits)}")
+    print(format_label_analysis(y, manifest.class_names, threshold=args.threshold))
+    return 0

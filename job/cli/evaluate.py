@@ -1,0 +1,27 @@
+"""`evaluate`: evaluate a run's best checkpoint; write metrics.json, thresholds and the report.
+
+Example:
+  python -m job evaluate --run s3://multilabel/runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Evaluate a run's best checkpoint; write metrics.json and thresholds."
+
+
+def add_arguments(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--run", required=True, help="The run (train's --output).")
+    e.add_argument("--data", default=None, help="Data set (default: the one the run was trained on).")
+    e.add_argument("--output", default=None, help="Where to write the results (default: the run).")
+    e.add_argument("--splits", default="train,val,test", help="Comma-separated splits (default train,val,test).")
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: it loads TensorFlow, and `--help` must stay instant.
+    from job.evaluation.evaluate import evaluate_run
+
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    evaluate_run(args.run.rstrip("/"), data_uri=args.data, splits=splits, output_uri=args.output)
+    return 0

@@ -1,0 +1,204 @@
+"""The evaluation's text outputs: the console table, report.md and per_label.csv.
+
+Pure functions of metrics.json's content (and, for the correlated-pair note, the labels and
+predictions); nothing here reads or writes storage.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from job.data import shards
+from job.data.labels import conditional_probabilities
+from job.evaluation.scores import sigmoid
+
+if TYPE_CHECKING:
+    from job.evaluation.loading import SplitPredictions
+
+TABLE_COLUMNS = ("loss", "binary_accuracy", "cosine_similarity", "micro_f1", "macro_f1", "mean_average_precision",
+                 "hamming_loss", "subset_accuracy")
+# Metrics that change with the decision threshold (loss, cosine and mAP do not).
+THRESHOLD_COLUMNS = ("binary_accuracy", "micro_f1", "macro_f1", "hamming_loss", "subset_accuracy")
+PER_LABEL_CSV_COLUMNS = (
+    "split", "label", "support", "threshold",
+    "precision_at_0.5", "recall_at_0.5", "f1_at_0.5", "binary_accuracy_at_0.5",
+    "precision_tuned", "recall_tuned", "f1_tuned", "binary_accuracy_tuned",
+    "average_precision",
+)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    """A metric for a table: fixed digits, '-' when undefined."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def format_table(metrics: dict) -> str:
+    """The seed's per-split table (rows train/val/test) with F1, mAP, Hamming and subset accuracy."""
+    header = f"{'':<6}" + "".join(f"{c:>{max(len(c), 8) + 2}}" for c in TABLE_COLUMNS)
+    rows = [header]
+    for split in shards.SPLITS:
+        if split in metrics:
+            rows.append(f"{split:<6}" + "".join(
+                f"{_fmt(metrics[split][c]):>{max(len(c), 8) + 2}}" for c in TABLE_COLUMNS))
+    return "\n".join(rows)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_uri: str, pair_note: str) -> str:
+    """report.md: split table, test at 0.5 vs tuned, per-label table, correlated-pair note.
+
+    Args:
+        metrics: metrics.json's content.
+        class_names: label order.
+        run_uri, data_uri: shown in the header.
+        pair_note: markdown from `format_pair_note`.
+    Returns:
+        The markdown text.
+    """
+    splits = [s for s in shards.SPLITS if s in metrics]
+    ck = metrics.get("checkpoint", {})
+    val_loss = ck.get("val_loss")
+    parts = [
+        "# Evaluation report",
+        "",
+        f"- run: `{run_uri}`",
+        f"- data: `{data_uri}`",
+        f"- checkpoint: `{ck.get('uri')}` (epoch {ck.get('epoch')}, val_loss {_fmt(val_loss)})",
+        "- examples: " + ", ".join(f"{s} {metrics[s]['num_examples']}" for s in splits),
+        "",
+        "## Metrics per split (threshold 0.5)",
+        "",
+        "Cosine similarity is positive (1 = perfect); Hamming loss is the share of wrong label decisions; "
+        "subset accuracy is the share of images with every label right.",
+        "",
+        _md_table(["split", *TABLE_COLUMNS], [[s, *(_fmt(metrics[s][c]) for c in TABLE_COLUMNS)] for s in splits]),
+        "",
+    ]
+    focus = "test" if "test" in metrics else splits[-1]
+    m = metrics[focus]
+    parts += [
+        f"## {focus}: threshold 0.5 vs tuned thresholds",
+        "",
+        "Thresholds are tuned per label to maximise F1 on the val split (thresholds.json); loss, cosine "
+        "similarity and mAP do not depend on the threshold.",
+        "",
+        _md_table(["thresholds", *THRESHOLD_COLUMNS],
+                  [["0.5", *(_fmt(m[c]) for c in THRESHOLD_COLUMNS)],
+                   ["tuned", *(_fmt(m["tuned"][c]) for c in THRESHOLD_COLUMNS)]]),
+        "",
+        f"## Per label ({focus})",
+        "",
+    ]
+    rows = []
+    for name in class_names:
+        a, t = m["per_label"][name], m["tuned"]["per_label"][name]
+        rows.append([name, str(a["support"]), _fmt(t["threshold"], 3),
+                     _fmt(a["precision"], 3), _fmt(a["recall"], 3), _fmt(a["f1"], 3), _fmt(a["binary_accuracy"], 3),
+                     _fmt(t["precision"], 3), _fmt(t["recall"], 3), _fmt(t["f1"], 3), _fmt(t["binary_accuracy"], 3),
+                     _fmt(a["average_precision"], 3)])
+    parts += [
+        _md_table(["label", "support", "tuned threshold", "precision@0.5", "recall@0.5", "F1@0.5", "accuracy@0.5",
+                   "precision tuned", "recall tuned", "F1 tuned", "accuracy tuned", "AP"], rows),
+        "",
+        "## Correlated labels",
+        "",
+        pair_note,
+        "",
+        "## Figures",
+        "",
+        "- `predictions.png`: test images with true (y) and predicted (p) labels; red = false positive, "
+        "orange = missed label.",
+        "- `per_label.png`: precision, recall, F1 and binary accuracy per label at 0.5 and tuned.",
+        "- `cooccurrence.png`: P(j | i) and counts of label pairs.",
+        "- `history.png`: loss, macro-F1 and learning rate per epoch.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def format_pair_note(pairs, y: np.ndarray, class_names: list[str], label_split: str,
+                     preds: dict[str, SplitPredictions], thresholds: np.ndarray, threshold: float,
+                     data_uri: str = "URI") -> str:
+    """Markdown on label pairs the data (almost) never shows apart, and what that means for the scores.
+
+    For each flagged pair, the test images with exactly one of the two labels (if any) show
+    whether the model can tell them apart: per-label accuracy on the pair alone cannot.
+    """
+    n = len(y)
+    lines = []
+    if not pairs:
+        p = conditional_probabilities(y)
+        k = len(class_names)
+        best = None
+        for i in range(k):
+            for j in range(i + 1, k):
+                tie = min(p[i, j], p[j, i])
+                if not np.isnan(tie) and (best is None or tie > best[0]):
+                    best = (tie, i, j)
+        lines.append(f"No pair of labels appears together in at least {threshold:.0%} of both labels' images "
+                     f"({label_split} split, {n} images), so the data shows every pair apart often enough to learn.")
+        if best is not None:
+            _, i, j = best
+            a, b = class_names[i], class_names[j]
+            lines.append(f"The most tied pair is {a} + {b}: P({b} | {a}) = {p[i, j]:.2f}, "
+                         f"P({a} | {b}) = {p[j, i]:.2f}.")
+        return " ".join(lines)
+    lines.append(f"These pairs appear together in at least {threshold:.0%} of both labels' images "
+                 f"({label_split} split, {n} images). The data cannot teach the model to tell them apart, so "
+                 "high per-label accuracy on them says nothing about whether it can: add images with only one "
+                 f"of the two labels. See `python -m job analyze --data {data_uri}`.")
+    lines.append("")
+    test = preds.get("test")
+    for pr in pairs:
+        a, b = pr.first, pr.second
+        line = (f"- **{a} + {b}**: P({b} | {a}) = {pr.p_second_given_first:.2f}, P({a} | {b}) = "
+                f"{pr.p_first_given_second:.2f}; {pr.both} images with both, {pr.first_only} with only {a}, "
+                f"{pr.second_only} with only {b}.")
+        if test is not None:
+            line += " " + _exactly_one_summary(test, class_names, a, b, thresholds)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _exactly_one_summary(test: SplitPredictions, class_names: list[str], a: str, b: str,
+                         thresholds: np.ndarray) -> str:
+    """How the model does on test images that carry exactly one of `a` and `b`."""
+    i, j = class_names.index(a), class_names.index(b)
+    one = (test.y_true[:, i] > 0) != (test.y_true[:, j] > 0)
+    if not one.any():
+        return "The test split has no image with only one of them, so it cannot show whether the model separates them."
+    probs = sigmoid(test.logits[one][:, [i, j]])
+    truth = test.y_true[one][:, [i, j]] > 0
+    right_half = np.all((probs > 0.5) == truth, axis=1).mean()
+    right_tuned = np.all((probs > thresholds[[i, j]]) == truth, axis=1).mean()
+    return (f"On the {int(one.sum())} test images with only one of them, both decisions are right for "
+            f"{right_half:.0%} at 0.5 ({right_tuned:.0%} at tuned thresholds).")
+
+
+def format_per_label_csv(metrics: dict, class_names: list[str]) -> str:
+    """per_label.csv: one row per (split, label) with metrics at 0.5 and at the tuned threshold."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PER_LABEL_CSV_COLUMNS)
+    for split in shards.SPLITS:
+        if split not in metrics:
+            continue
+        for name in class_names:
+            a, t = metrics[split]["per_label"][name], metrics[split]["tuned"]["per_label"][name]
+            ap = a["average_precision"]
+            writer.writerow([split, name, a["support"], f"{t['threshold']:.6f}",
+                             *(f"{a[c]:.6f}" for c in ("precision", "recall", "f1", "binary_accuracy")),
+                             *(f"{t[c]:.6f}" for c in ("precision", "recall", "f1", "binary_accuracy")),
+                             "" if ap is None else f"{ap:.6f}"])
+    return buffer.getvalue()

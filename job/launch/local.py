@@ -1,0 +1,61 @@
+"""The single-process run (`train --local`): the same plan, checks, worker function and outputs
+as a Ray run, in this process and without Ray."""
+
+from __future__ import annotations
+
+import logging
+
+from job.config import Config, describe
+from job.data import pipeline
+from job.launch.plan import (
+    finish_run,
+    plan_run,
+    verify_data,
+    warn_correlated_labels,
+    write_config,
+)
+from job.storage.run_store import RunStore
+from job.telemetry import WorkerTelemetry
+from job.training import checkpoints, loop
+
+log = logging.getLogger(__name__)
+
+
+class LocalReporter:
+    """Single-process runs: publish rank 0's checkpoints under the run and apply retention."""
+
+    def __init__(self, run_uri: str, keep_best: int):
+        self.run_uri, self.keep_best = run_uri, keep_best
+
+    def report(self, metrics: dict, checkpoint_dir: str | None, epoch: int) -> None:
+        if checkpoint_dir is None:
+            return
+        checkpoints.publish(checkpoint_dir, RunStore(self.run_uri).checkpoint_uri(epoch))
+        checkpoints.remove_local(checkpoint_dir)
+        checkpoints.prune(self.run_uri, self.keep_best)
+
+
+def run_local(cfg: Config, data_uri: str, output_uri: str, run_name: str | None = None, dry_run: bool = False) -> dict | None:
+    """Train in this process (no Ray), then evaluate. Returns metrics.json's content."""
+    plan = plan_run(cfg, data_uri, output_uri, run_name, num_workers=1)
+    log.info("plan:\n%s", plan.describe())
+    if dry_run:
+        return None
+    verify_data(cfg, plan)
+    warn_correlated_labels(cfg, plan)
+    log.info("config:\n%s", describe(cfg))
+    write_config(cfg, plan)
+    worker_plan = plan.for_workers()
+    telemetry = WorkerTelemetry(plan.run_name, 0, cfg.telemetry.worker_port_base, enabled=cfg.telemetry.enabled)
+    try:
+        history = loop.train_worker(
+            cfg, worker_plan, loop.WorkerInfo(),
+            train_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "train", shuffle_shards=True,
+                                                               seed=cfg.training.seed),
+            val_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "val"),
+            reporter=LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
+            telemetry=telemetry,
+        )
+    finally:
+        telemetry.close()
+    return finish_run(cfg, plan, history)

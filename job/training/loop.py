@@ -1,0 +1,173 @@
+"""Per-worker training: build, resume, fit, checkpoint, report. No Ray import.
+
+The same function runs in a single process (`train --local`) and inside every Ray Train
+worker. It talks to the outside through a `Reporter` (where checkpoints and per-epoch
+metrics go) and a `WorkerTelemetry` (Prometheus).
+
+Distributed invariants this module keeps:
+- every rank runs the same number of steps per epoch (fixed `steps_per_epoch`, fixed-size
+  batches), so no collective or report barrier can deadlock;
+- every rank sees the whole validation split, so validation metrics (and therefore the
+  LR-on-plateau and early-stopping decisions) are identical on every rank;
+- every rank takes part in saving (reading BatchNorm's synced variables is a collective);
+  only rank 0's copy is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import tensorflow as tf
+import tf_keras
+
+from job import storage
+from job.config import Config
+from job.data.pipeline import InputClock, make_pipeline
+from job.training import checkpoints
+from job.training.callbacks import Reporter, build_callbacks
+from job.training.model import build_model, compile_model, set_precision_policy
+
+if TYPE_CHECKING:  # the telemetry object is passed in; training never imports prometheus_client
+    from job.telemetry import WorkerTelemetry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """This worker's place in the group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What the driver decided from the manifest and config; identical on every rank."""
+
+    run_uri: str
+    run_name: str
+    class_names: tuple[str, ...]
+    steps_per_epoch: int
+    validation_steps: int
+    batch_size_per_worker: int
+
+
+def make_strategy(world_size: int) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy for a group; the default strategy for one worker.
+
+    One worker gains nothing from the collective machinery and pays for it in step time.
+    """
+    if world_size > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def train_worker(cfg: Config, plan: WorkerPlan, info: WorkerInfo,
+                 train_examples: Callable[[], tf.data.Dataset], val_examples: Callable[[], tf.data.Dataset],
+                 reporter: Reporter, telemetry: WorkerTelemetry,
+                 release_inputs: Callable[[], None] | None = None) -> list[dict]:
+    """Train (or resume) one worker's part of a run.
+
+    Args:
+        cfg: the resolved run config.
+        plan: decisions shared by every rank (steps per epoch, run location).
+        info: this worker's rank and group size.
+        train_examples / val_examples: factories of (image bytes, labels) datasets; train is
+            this worker's shard, val is the whole split.
+        reporter: receives per-epoch metrics and rank 0's checkpoint folders.
+        telemetry: Prometheus metrics of this worker.
+        release_inputs: called once training ends (last epoch, early stop or error), before
+            Keras drops its iterators; lets sources stop reads no rank will consume.
+    Returns:
+        The run's history (one dict per epoch, including epochs before a resume).
+    """
+    tf_keras.utils.set_random_seed(cfg.training.seed)
+    set_precision_policy(cfg.training.precision)
+    strategy = make_strategy(info.world_size)
+    restored = checkpoints.restore_latest(plan.run_uri)
+    state = restored.state if restored else {}
+    start_epoch = int(state.get("epoch", 0))
+    if restored and info.rank == 0:
+        log.info("resuming from %s (epoch %d done, best val_loss %s)", restored.uri, start_epoch,
+                 state.get("best", {}).get("val_loss"))
+    if start_epoch >= cfg.training.epochs:
+        if info.rank == 0:
+            log.info("run already finished %d/%d epochs; nothing to train", start_epoch, cfg.training.epochs)
+        return list(state.get("history", []))
+
+    model = build_or_restore_model(cfg, len(plan.class_names), strategy, restored)
+    clock = InputClock()
+    train_ds, val_ds = make_datasets(cfg, plan, info, strategy, clock, train_examples, val_examples,
+                                     seed=cfg.training.seed + 1000 * info.rank + start_epoch)
+    history: list[dict] = list(state.get("history", []))
+    best = dict(state.get("best", {}))
+    callbacks = build_callbacks(cfg, plan, info, state=state, reporter=reporter, telemetry=telemetry, clock=clock,
+                                history=history, best=best, release_inputs=release_inputs)
+    try:
+        model.fit(train_ds, epochs=cfg.training.epochs, initial_epoch=start_epoch, steps_per_epoch=plan.steps_per_epoch,
+                  validation_data=val_ds, validation_steps=plan.validation_steps, callbacks=callbacks, verbose=0)
+    finally:
+        # On an error Keras skips on_train_end; the traceback still holds its iterators here.
+        if release_inputs is not None:
+            release_inputs()
+    return history
+
+
+def build_or_restore_model(cfg: Config, num_classes: int, strategy: tf.distribute.Strategy,
+                           restored: checkpoints.RestoredCheckpoint | None) -> tf_keras.Model:
+    """Build and compile the model under the strategy; load weights, optimizer and LR when resuming."""
+    weights = local_weights(cfg.model.weights)
+    with strategy.scope():
+        model = build_model(cfg.model.backbone, num_classes, cfg.data.image_size,
+                            weights=weights, freeze_backbone=cfg.model.freeze_backbone,
+                            width=cfg.model.width, dropout_rate=cfg.model.dropout_rate,
+                            precision=cfg.training.precision, seed=cfg.training.seed)
+        compile_model(model, learning_rate=cfg.training.learning_rate, jit_compile=cfg.training.jit_compile)
+        if restored:
+            model.optimizer.build(model.trainable_variables)
+            tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(restored.weights_prefix).expect_partial()
+            model.optimizer.learning_rate.assign(float(restored.state["learning_rate"]))
+    if restored:
+        checkpoints.remove_local(restored.local_dir)
+    return model
+
+
+def make_datasets(cfg: Config, plan: WorkerPlan, info: WorkerInfo, strategy: tf.distribute.Strategy,
+                  clock: InputClock, train_examples: Callable[[], tf.data.Dataset],
+                  val_examples: Callable[[], tf.data.Dataset], seed: int):
+    """(train, val) input pipelines of this worker, distributed when the group has several."""
+    batch = plan.batch_size_per_worker
+
+    def train_fn(_ctx=None):
+        ds = make_pipeline(train_examples(), cfg.data, training=True, batch_size=batch, seed=seed,
+                           repeat=True, drop_remainder=True)
+        return clock.stamp(ds)
+
+    def val_fn(_ctx=None):
+        examples = val_examples()
+        if cfg.data.cache_validation:
+            # Every rank reads the whole val split each epoch; keep its encoded bytes after
+            # the first pass instead of streaming them again.
+            examples = examples.cache()
+        return make_pipeline(examples, cfg.data, training=False, batch_size=batch)
+
+    if info.world_size == 1:
+        return train_fn(), val_fn()
+    # Each worker already holds its own shard; distribute_datasets_from_function stops
+    # TensorFlow from sharding or re-batching it again.
+    return strategy.distribute_datasets_from_function(train_fn), strategy.distribute_datasets_from_function(val_fn)
+
+
+def local_weights(weights: str) -> str:
+    """model.weights as a local path: an s3:// weights file is fetched to a temp folder first."""
+    if not storage.is_s3(weights):
+        return weights
+    local = os.path.join(tempfile.mkdtemp(prefix="weights-"), storage.basename(weights))
+    storage.copy_file(weights, local)
+    return local
