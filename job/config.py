@@ -11,9 +11,10 @@ import dataclasses
 import difflib
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -24,13 +25,16 @@ class ConfigError(UserError):
     """The configuration is invalid; the message names the key."""
 
 
-def _f(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-       choices: tuple[str, ...] | None = None) -> Any:
+def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
     """A dataclass field with its help text and allowed values in metadata."""
     return field(default=default, metadata={"help": help, "min": min, "max": max, "choices": choices})
 
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# Below the Linux ephemeral range (32768+), so Ray's own listeners cannot take them.
+DEFAULT_DRIVER_PORT = 9400
+DEFAULT_WORKER_PORT_BASE = 9401
 BACKBONES = ("small_cnn", "xception", "inception_v3", "resnet50", "efficientnet_b0", "mobilenet_v3_small")
 
 
@@ -38,89 +42,89 @@ BACKBONES = ("small_cnn", "xception", "inception_v3", "resnet50", "efficientnet_
 class DataConfig:
     """How examples are decoded and batched."""
 
-    image_size: int = _f(64, "Height and width (pixels) images are resized to.", min=16, max=1024)
-    batch_size_per_worker: int = _f(32, "Examples per batch on each worker; global batch = this x num_workers.", min=1, max=65536)
-    shuffle_buffer_examples: int = _f(1024, "Shuffle buffer size in examples (bounds memory, not the data set size).", min=0, max=1_000_000)
-    prefetch_batches: int = _f(2, "Batches prepared ahead of the model (bounded, not AUTOTUNE).", min=0, max=64)
-    parallel_calls: int = _f(0, "Parallel decode calls in tf.data; 0 lets tf.data tune it.", min=0, max=256)
-    augment: bool = _f(True, "Random flips and brightness/contrast jitter on training images.")
-    cache_validation: bool = _f(True, "Keep the val split's encoded images in memory after the first epoch.")
-    verify_checksums: bool = _f(True, "Check every shard's size and sha256 against dataset.json before training.")
+    image_size: int = setting(64, "Height and width (pixels) images are resized to.", min=16, max=1024)
+    batch_size_per_worker: int = setting(32, "Examples per batch on each worker; global batch = this x num_workers.", min=1, max=65536)
+    shuffle_buffer_examples: int = setting(1024, "Shuffle buffer size in examples (bounds memory, not the data set size).", min=0, max=1_000_000)
+    prefetch_batches: int = setting(2, "Batches prepared ahead of the model (bounded, not AUTOTUNE).", min=0, max=64)
+    parallel_calls: int = setting(0, "Parallel decode calls in tf.data; 0 lets tf.data tune it.", min=0, max=256)
+    augment: bool = setting(True, "Random flips and brightness/contrast jitter on training images.")
+    cache_validation: bool = setting(True, "Keep the val split's encoded images in memory after the first epoch.")
+    verify_checksums: bool = setting(True, "Check every shard's size and sha256 against dataset.json before training.")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The network: a backbone and a logits head."""
 
-    backbone: str = _f("small_cnn", "Backbone network.", choices=BACKBONES)
-    weights: str = _f("none", "'none', 'imagenet', or a path to a weights file.")
-    freeze_backbone: bool = _f(False, "Keep the backbone's weights fixed and train the head only.")
-    width: int = _f(32, "Filters in the first block of small_cnn (doubles per block).", min=4, max=512)
-    dropout_rate: float = _f(0.2, "Dropout before the logits head.", min=0.0, max=0.9)
+    backbone: str = setting("small_cnn", "Backbone network.", choices=BACKBONES)
+    weights: str = setting("none", "'none', 'imagenet', or a path to a weights file.")
+    freeze_backbone: bool = setting(False, "Keep the backbone's weights fixed and train the head only.")
+    width: int = setting(32, "Filters in the first block of small_cnn (doubles per block).", min=4, max=512)
+    dropout_rate: float = setting(0.2, "Dropout before the logits head.", min=0.0, max=0.9)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """The optimisation and the seed's callbacks."""
 
-    epochs: int = _f(10, "Number of passes over the training split.", min=1, max=100_000)
-    learning_rate: float = _f(0.002, "Adam learning rate.", min=1e-8, max=10.0)
-    seed: int = _f(42, "One seed for the split, shuffling, augmentation and weight init.", min=0, max=2**31 - 1)
-    precision: str = _f("float32", "Numeric precision; the logits head and loss stay float32.", choices=PRECISIONS)
-    jit_compile: bool = _f(False, "Compile the train step with XLA.")
-    terminate_on_nan: bool = _f(True, "Stop the run when the loss becomes NaN.")
-    restore_best_weights: bool = _f(True, "Evaluate the checkpoint with the lowest val_loss, not the last one.")
-    reduce_lr_patience_epochs: int = _f(3, "Epochs without val_loss improvement before the LR is cut; 0 disables.", min=0, max=10_000)
-    reduce_lr_factor: float = _f(0.5, "Factor applied to the LR on plateau.", min=0.01, max=0.99)
-    min_learning_rate: float = _f(1e-6, "Lower bound for the LR on plateau.", min=0.0, max=1.0)
-    early_stopping_patience_epochs: int = _f(5, "Epochs without val_loss improvement before stopping; 0 disables.", min=0, max=10_000)
-    tensorboard: bool = _f(True, "Write TensorBoard event files (rank 0) and sync them to RUN/tensorboard/.")
+    epochs: int = setting(10, "Number of passes over the training split.", min=1, max=100_000)
+    learning_rate: float = setting(0.002, "Adam learning rate.", min=1e-8, max=10.0)
+    seed: int = setting(42, "One seed for the split, shuffling, augmentation and weight init.", min=0, max=2**31 - 1)
+    precision: str = setting("float32", "Numeric precision; the logits head and loss stay float32.", choices=PRECISIONS)
+    jit_compile: bool = setting(False, "Compile the train step with XLA.")
+    terminate_on_nan: bool = setting(True, "Stop the run when the loss becomes NaN.")
+    restore_best_weights: bool = setting(True, "Evaluate the checkpoint with the lowest val_loss, not the last one.")
+    reduce_lr_patience_epochs: int = setting(3, "Epochs without val_loss improvement before the LR is cut; 0 disables.", min=0, max=10_000)
+    reduce_lr_factor: float = setting(0.5, "Factor applied to the LR on plateau.", min=0.01, max=0.99)
+    min_learning_rate: float = setting(1e-6, "Lower bound for the LR on plateau.", min=0.0, max=1.0)
+    early_stopping_patience_epochs: int = setting(5, "Epochs without val_loss improvement before stopping; 0 disables.", min=0, max=10_000)
+    tensorboard: bool = setting(True, "Write TensorBoard event files (rank 0) and sync them to RUN/tensorboard/.")
 
 
 @dataclass(frozen=True)
 class ScalingConfig:
     """How many workers, and what each one gets."""
 
-    num_workers: int = _f(2, "Ray Train workers (one TensorFlow replica group each).", min=1, max=4096)
-    use_gpu: bool = _f(False, "Give every worker GPUs.")
-    gpus_per_worker: float = _f(1.0, "GPUs per worker when use_gpu is on.", min=0.0, max=16.0)
-    cpus_per_worker: float = _f(1.0, "Logical CPUs per worker.", min=0.0, max=1024.0)
-    data_cpus: float = _f(1.0, "Logical CPUs kept free for Ray Data read tasks on a local Ray.", min=0.5, max=1024.0)
-    max_failures: int = _f(1, "Worker-group restarts Ray Train may make before the run fails.", min=0, max=1000)
+    num_workers: int = setting(2, "Ray Train workers (one TensorFlow replica group each).", min=1, max=4096)
+    use_gpu: bool = setting(False, "Give every worker GPUs.")
+    gpus_per_worker: float = setting(1.0, "GPUs per worker when use_gpu is on.", min=0.0, max=16.0)
+    cpus_per_worker: float = setting(1.0, "Logical CPUs per worker.", min=0.0, max=1024.0)
+    data_cpus: float = setting(1.0, "Logical CPUs kept free for Ray Data read tasks on a local Ray.", min=0.5, max=1024.0)
+    max_failures: int = setting(1, "Worker-group restarts Ray Train may make before the run fails.", min=0, max=1000)
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
     """Checkpoints written by rank 0 and reported to Ray Train."""
 
-    every_epochs: int = _f(1, "Save a checkpoint every N epochs (and always after the last).", min=1, max=10_000)
-    keep_best: int = _f(2, "Checkpoints kept by lowest val_loss (the latest is kept as well).", min=1, max=1000)
+    every_epochs: int = setting(1, "Save a checkpoint every N epochs (and always after the last).", min=1, max=10_000)
+    keep_best: int = setting(2, "Checkpoints kept by lowest val_loss (the latest is kept as well).", min=1, max=1000)
 
 
 @dataclass(frozen=True)
 class TelemetryConfig:
     """Prometheus metrics."""
 
-    enabled: bool = _f(True, "Serve Prometheus metrics from the driver and every worker.")
-    driver_port: int = _f(9400, "Port of the driver's /metrics.", min=1024, max=32767)
-    worker_port_base: int = _f(9401, "Worker with local rank k serves /metrics on this + k.", min=1024, max=32767)
-    final_scrape_wait_seconds: float = _f(0.0, "Keep the driver's /metrics up this long after the run ends.", min=0.0, max=3600.0)
+    enabled: bool = setting(True, "Serve Prometheus metrics from the driver and every worker.")
+    driver_port: int = setting(DEFAULT_DRIVER_PORT, "Port of the driver's /metrics.", min=1024, max=32767)
+    worker_port_base: int = setting(DEFAULT_WORKER_PORT_BASE, "Worker with local rank k serves /metrics on this + k.", min=1024, max=32767)
+    final_scrape_wait_seconds: float = setting(0.0, "Keep the driver's /metrics up this long after the run ends.", min=0.0, max=3600.0)
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
     """Evaluation of the best checkpoint."""
 
-    threshold_objective: str = _f("f1", "What per-label thresholds maximise on the validation split.", choices=("f1", "none"))
-    prediction_grid_images: int = _f(16, "Test images shown in predictions.png.", min=0, max=256)
-    correlated_pair_threshold: float = _f(0.95, "Flag label pairs whose P(j|i) and P(i|j) both reach this.", min=0.5, max=1.0)
+    threshold_objective: str = setting("f1", "What per-label thresholds maximise on the validation split.", choices=("f1", "none"))
+    prediction_grid_images: int = setting(16, "Test images shown in predictions.png.", min=0, max=256)
+    correlated_pair_threshold: float = setting(0.95, "Flag label pairs whose P(j|i) and P(i|j) both reach this.", min=0.5, max=1.0)
 
 
 @dataclass(frozen=True)
 class Config:
     """A whole run."""
 
-    run_name: str = _f("", "Stable run name; empty means the last part of --output.")
+    run_name: str = setting("", "Stable run name; empty means the last part of --output.")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

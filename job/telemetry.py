@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,10 +30,6 @@ from prometheus_client import (
 )
 
 log = logging.getLogger(__name__)
-
-#: Defaults of ``telemetry.driver_port`` and ``telemetry.worker_port_base`` (architecture.md).
-DEFAULT_DRIVER_PORT = 9400
-DEFAULT_WORKER_PORT_BASE = 9401
 
 #: Address the HTTP servers bind to: pods are scraped from other nodes, so not loopback.
 BIND_ADDRESS = "0.0.0.0"

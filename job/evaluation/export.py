@@ -27,7 +27,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from job.errors import UserError
 from job.evaluation.loading import load_best_model, load_thresholds
 from job.storage.run_store import RunStore
 
-log = logging.getLogger("job.evaluation.export")
+log = logging.getLogger(__name__)
 
 SAVED_MODEL_FILE = "saved_model.pb"
 LABELS_ASSET = "labels.txt"
@@ -201,7 +201,7 @@ def export_run(run_uri: str, out_uri: str) -> ExportInfo:
                        "class_names": info.class_names, "thresholds": info.thresholds,
                        "thresholds_source": source, "image_size": info.image_size,
                        "backbone": cfg.model.backbone, "signatures": list(SIGNATURES),
-                       "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}, fh, indent=2)
+                       "exported_at": datetime.now(UTC).isoformat(timespec="seconds")}, fh, indent=2)
         if storage.is_s3(out_uri):
             storage.upload_dir(local, out_uri)
     finally:

@@ -20,7 +20,7 @@ Conventions (shared with the Keras metrics in job/training/metrics.py, so traini
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -1,5 +1,4 @@
-"""Experiments that answer questions about the product with the synthetic generator.
+"""Experiments that answer a question with several training runs (e.g. correlated labels).
 
-Each module is runnable (`python -m job.experiments.NAME --out DIR`) and writes its result
-table to DIR and to stdout; docs/ holds the result of the last run and the exact command.
+May import: everything below the command line.
 """

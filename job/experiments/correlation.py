@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from job.config import load_config
+from job.console import setup_logging
 from job.data import shards
 from job.data.splits import write_synthetic
 from job.data.synthetic import SceneSpec
@@ -45,7 +46,7 @@ from job.evaluation.scores import evaluate_predictions, sigmoid
 from job.launch.local import run_local
 from job.storage.run_store import RunStore
 
-log = logging.getLogger("job.experiments.correlation")
+log = logging.getLogger(__name__)
 
 PAIR = ("sea", "sunset")
 DEFAULT_PROBABILITIES = (0.5, 0.8, 0.95, 1.0)
@@ -204,11 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data and the training (default 0).")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("absl", "tensorflow", "matplotlib", "PIL", "job.train", "job.run", "job.evaluation.evaluate",
-                  "job.training.checkpoints"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(verbose=False)
+    # Six training runs: only this experiment's own lines, not every run's epoch lines.
+    logging.getLogger("job").setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
 
     try:
         for p in args.probabilities:

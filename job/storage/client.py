@@ -29,8 +29,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from job.storage.paths import S3_SCHEME, StorageError, is_s3
 
@@ -110,7 +111,7 @@ class S3Settings:
     """Where credentials come from, in words, e.g. 'environment (AWS_ACCESS_KEY_ID)'."""
 
     @classmethod
-    def from_env(cls) -> "S3Settings":
+    def from_env(cls) -> S3Settings:
         """Resolve settings from the environment and the AWS credential chain.
 
         Only a credential *lookup* happens here (files, env, and on EC2 the instance

@@ -48,7 +48,7 @@ class EmbeddedS3:
             self._saved_env = None
             _reset_storage_clients()
 
-    def __enter__(self) -> "EmbeddedS3":
+    def __enter__(self) -> EmbeddedS3:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -8,7 +8,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from job.storage.client import (
     _NOT_FOUND_CODES,

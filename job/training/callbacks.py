@@ -14,7 +14,8 @@ import shutil
 import signal
 import tempfile
 import time
-from typing import TYPE_CHECKING, Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import tensorflow as tf

@@ -16,18 +16,10 @@ import tensorflow as tf
 import tf_keras
 from tf_keras import layers
 
+from job.config import BACKBONES, PRECISIONS
 from job.errors import UserError
 from job.training import metrics as job_metrics
 
-BACKBONES = (
-    "small_cnn",
-    "xception",
-    "inception_v3",
-    "resnet50",
-    "efficientnet_b0",
-    "mobilenet_v3_small",
-)
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 WEIGHT_CHOICES = ("none", "imagenet")
 
 # Smallest input side each backbone accepts (the Keras applications' own limits).

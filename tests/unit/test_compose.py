@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from job.telemetry import DEFAULT_DRIVER_PORT, DEFAULT_WORKER_PORT_BASE
+from job.config import DEFAULT_DRIVER_PORT, DEFAULT_WORKER_PORT_BASE
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
