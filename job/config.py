@@ -209,8 +209,21 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def describe(config: Config) -> str:
-    """The resolved config as YAML text, for the start-of-run log."""
+    """The resolved config as YAML text (the --verbose start-of-run log)."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False).rstrip()
+
+
+def describe_changes(config: Config) -> str:
+    """The settings that differ from the built-in defaults, as `section.key=value` on one line."""
+    defaults = config_to_dict(Config())
+    changed = []
+    for section, values in config_to_dict(config).items():
+        if not isinstance(values, dict):
+            if values != defaults[section]:
+                changed.append(f"{section}={values}")
+            continue
+        changed += [f"{section}.{key}={value}" for key, value in values.items() if value != defaults[section][key]]
+    return " ".join(changed) or "(all defaults)"
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

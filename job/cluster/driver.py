@@ -25,19 +25,13 @@ from ray.train import (
 from ray.train.tensorflow import TensorflowTrainer
 
 from job import storage
+from job.cluster.datasets import ray_dataset
+from job.cluster.failures import describe_failure
 from job.cluster.worker import quiet_ray_data, worker_entry
-from job.config import Config, config_to_dict, describe
+from job.config import Config, config_to_dict
 from job.console import is_verbose
-from job.data import shards
 from job.errors import UserError
-from job.launch.plan import (
-    RunPlan,
-    finish_run,
-    plan_run,
-    verify_data,
-    warn_correlated_labels,
-    write_config,
-)
+from job.launch.plan import RunPlan, finish_run, start_run
 from job.storage.run_store import RunStore
 from job.telemetry import DriverTelemetry
 from job.training import checkpoints
@@ -68,22 +62,6 @@ def connect(cfg: Config) -> None:
              s.num_workers, s.cpus_per_worker, s.data_cpus)
     ray.init(num_cpus=max(1, int(round(num_cpus + 0.499))), num_gpus=(s.num_workers * s.gpus_per_worker) if s.use_gpu else 0,
              include_dashboard=False, logging_level=logging_level, log_to_driver=True)
-
-
-def ray_dataset(data_uri: str, manifest: shards.Manifest, split: str):
-    """A Ray Dataset of one split's shards, read through the storage wing's filesystem."""
-    fs, root = storage.arrow_filesystem(data_uri)
-    paths = [f"{root.rstrip('/')}/{s.path}" for s in manifest.splits[split]]
-    if manifest.format == "parquet":
-        return ray.data.read_parquet(paths, filesystem=fs, columns=["image", "labels"])
-    # Not ray.data.read_tfrecords: it imports TensorFlow in every read task and parses each
-    # Example in Python. Splitting the framing is cheap; the worker parses whole batches.
-    files = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True)
-    return files.flat_map(_tfrecord_rows)
-
-
-def _tfrecord_rows(row: dict) -> list[dict]:
-    return [{"record": r} for r in shards.split_tfrecord(row["bytes"], row["path"])]
 
 
 class _RestartWatcher:
@@ -131,16 +109,9 @@ class _RestartWatcher:
 def run_distributed(cfg: Config, data_uri: str, output_uri: str, run_name: str | None = None,
                     dry_run: bool = False) -> dict | None:
     """Plan, check, train on Ray Train, evaluate. Returns metrics.json's content."""
-    s = cfg.scaling
-    plan = plan_run(cfg, data_uri, output_uri, run_name, num_workers=s.num_workers)
-    log.info("plan:\n%s", plan.describe())
-    if dry_run:
+    plan = start_run(cfg, data_uri, output_uri, run_name, cfg.scaling.num_workers, dry_run)
+    if plan is None:
         return None
-    verify_data(cfg, plan)
-    warn_correlated_labels(cfg, plan)
-    log.info("config:\n%s", describe(cfg))
-    write_config(cfg, plan)
-
     telemetry = DriverTelemetry(plan.run_name, cfg.telemetry.driver_port, enabled=cfg.telemetry.enabled)
     telemetry.set_state("running")
     try:
@@ -211,27 +182,3 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
     history = list(latest.state.get("history", []))
     checkpoints.remove_local(latest.local_dir)
     return history
-
-
-def describe_failure(exc: BaseException, max_failures: int) -> str:
-    """A one-paragraph account of why the worker group failed, naming the rank when Ray says it."""
-    text = str(exc)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    rank = None
-    for ln in lines:
-        for marker in ("rank=", "world_rank=", "Worker rank ", "rank "):
-            if marker in ln:
-                tail = ln.split(marker, 1)[1]
-                digits = "".join(ch for ch in tail[:6] if ch.isdigit())
-                if digits:
-                    rank = int(digits)
-                    break
-        if rank is not None:
-            break
-    cause = next((ln for ln in reversed(lines) if "Error" in ln or "died" in ln or "exit" in ln.lower()),
-                 lines[-1] if lines else type(exc).__name__)
-    cause = cause.split(" Some common causes")[0]
-    who = f"worker rank {rank}" if rank is not None else "a training worker"
-    return (f"Training failed: {who} failed ({cause[:400]}). Ray Train was allowed {max_failures} restart(s) "
-            f"(scaling.max_failures). Re-run the same command to resume from the latest checkpoint; raise "
-            f"scaling.max_failures to survive more worker losses. Use --verbose for Ray's full log.")

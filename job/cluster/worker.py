@@ -15,10 +15,9 @@ from ray.data import DataContext
 
 from job.config import config_from_dict
 from job.console import is_verbose, setup_worker_logging
-from job.data import pipeline
 from job.storage.run_store import RunStore, checkpoint_dir_name
 from job.telemetry import WorkerTelemetry, worker_port
-from job.training import checkpoints, loop
+from job.training import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,11 @@ class RayReporter:
 
 def worker_entry(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: unpack, wire Ray Data into tf.data, train."""
+    # Imported here, in the worker: Ray Train's controller unpickles this function, and it
+    # must not load TensorFlow for nothing.
+    from job.data import pipeline
+    from job.training import loop
+
     ctx = ray.train.get_context()
     info = loop.WorkerInfo(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
                            local_rank=ctx.get_local_rank())

@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from job.config import Config, describe
+from job.config import Config
 from job.data import pipeline
-from job.launch.plan import (
-    finish_run,
-    plan_run,
-    verify_data,
-    warn_correlated_labels,
-    write_config,
-)
+from job.launch.plan import finish_run, start_run
 from job.storage.run_store import RunStore
 from job.telemetry import WorkerTelemetry
 from job.training import checkpoints, loop
@@ -37,14 +31,9 @@ class LocalReporter:
 
 def run_local(cfg: Config, data_uri: str, output_uri: str, run_name: str | None = None, dry_run: bool = False) -> dict | None:
     """Train in this process (no Ray), then evaluate. Returns metrics.json's content."""
-    plan = plan_run(cfg, data_uri, output_uri, run_name, num_workers=1)
-    log.info("plan:\n%s", plan.describe())
-    if dry_run:
+    plan = start_run(cfg, data_uri, output_uri, run_name, 1, dry_run)
+    if plan is None:
         return None
-    verify_data(cfg, plan)
-    warn_correlated_labels(cfg, plan)
-    log.info("config:\n%s", describe(cfg))
-    write_config(cfg, plan)
     worker_plan = plan.for_workers()
     telemetry = WorkerTelemetry(plan.run_name, 0, cfg.telemetry.worker_port_base, enabled=cfg.telemetry.enabled)
     try:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from job import storage
-from job.config import Config
+from job.config import Config, describe, describe_changes
+from job.console import is_verbose
 from job.data import shards
 from job.data.labels import find_correlated_pairs
 from job.data.validate import validate_dataset
@@ -160,7 +161,29 @@ def write_config(cfg: Config, plan: RunPlan) -> None:
                                         })
 
 
+def start_run(cfg: Config, data_uri: str, output_uri: str, run_name: str | None, num_workers: int,
+              dry_run: bool) -> RunPlan | None:
+    """Plan and print the plan; unless it is a dry run, check the data and save config.json.
+
+    Returns:
+        The plan, or None for a dry run.
+    """
+    plan = plan_run(cfg, data_uri, output_uri, run_name, num_workers=num_workers)
+    log.info("plan:\n%s", plan.describe())
+    if dry_run:
+        return None
+    verify_data(cfg, plan)
+    warn_correlated_labels(cfg, plan)
+    if is_verbose():
+        log.info("config:\n%s", describe(cfg))
+    log.info("config (changes from the defaults): %s", describe_changes(cfg))
+    write_config(cfg, plan)
+    return plan
+
+
 def finish_run(cfg: Config, plan: RunPlan, history: list[dict]) -> dict:
     """Evaluate the best checkpoint on every split and write history.json and metrics.json."""
     RunStore(plan.run_uri).write_history(history)
-    return evaluate_run(plan.run_uri, data_uri=plan.data_uri, cfg=cfg)
+    metrics = evaluate_run(plan.run_uri, data_uri=plan.data_uri, cfg=cfg)
+    log.info("run %s finished; its checkpoints, metrics, report and plots are in %s", plan.run_name, plan.run_uri)
+    return metrics

@@ -1,0 +1,74 @@
+"""job.storage.run_store: the one place that names a run's files; round trips on a real folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from job.config import load_config
+from job.errors import UserError
+from job.launch.plan import resolve_run
+from job.storage.run_store import RunStore, checkpoint_dir_name, checkpoint_epoch
+
+
+def test_config_round_trip_keeps_the_config_labels_and_data(tmp_path):
+    store = RunStore(str(tmp_path / "run"))
+    cfg = load_config(None, ["training.epochs=3", "model.width=24"])
+    store.write_config(cfg, run_name="r1", data_uri="s3://b/data", class_names=["sea", "sun"], facts={"x": 1})
+    saved = store.read_config()
+    assert saved.config == cfg
+    assert saved.class_names == ["sea", "sun"] and saved.data_uri == "s3://b/data"
+    assert os.path.isfile(tmp_path / "run" / "config.json")
+
+
+def test_a_folder_without_config_is_not_a_run(tmp_path):
+    store = RunStore(str(tmp_path))
+    assert not store.is_run()
+    with pytest.raises(UserError, match="is not a run folder .no config.json.*--output of a `train` run"):
+        store.read_config()
+
+
+def test_history_and_thresholds_are_none_until_written(tmp_path):
+    store = RunStore(str(tmp_path))
+    assert store.read_history() is None and store.read_thresholds() is None
+    store.write_history([{"epoch": 1, "loss": 0.5}])
+    store.write_thresholds({"thresholds": [0.3]})
+    assert store.read_history() == [{"epoch": 1, "loss": 0.5}]
+    assert store.read_thresholds() == {"thresholds": [0.3]}
+
+
+def test_attempt_markers_count_worker_group_starts(tmp_path):
+    store = RunStore(str(tmp_path))
+    assert store.count_attempts() == 0
+    store.record_attempt()
+    store.record_attempt()
+    assert store.count_attempts() == 2
+
+
+def test_checkpoint_names_round_trip_and_reject_other_folders():
+    assert checkpoint_dir_name(7) == "checkpoint_epoch-000007"
+    assert checkpoint_epoch(checkpoint_dir_name(123)) == 123
+    assert checkpoint_epoch("tensorboard") is None and checkpoint_epoch("checkpoint_epoch-12x") is None
+    assert RunStore("s3://b/runs/r/").checkpoint_uri(2) == "s3://b/runs/r/checkpoint_epoch-000002"
+
+
+def test_only_known_plots_can_be_written(tmp_path):
+    with pytest.raises(ValueError, match="unknown plot"):
+        RunStore(str(tmp_path)).write_plot("other.png", b"")
+
+
+# ---------------------------------------------------------------------------- --output and --run-name
+
+
+def test_output_is_the_run_folder_and_run_name_only_names_it():
+    cfg = load_config(None, [])
+    assert resolve_run("s3://b/runs/exp", "trial", cfg) == ("s3://b/runs/exp", "trial")
+    assert resolve_run("s3://b/runs/exp/", None, cfg) == ("s3://b/runs/exp", "exp")
+    assert resolve_run("/tmp/runs/local", None, load_config(None, ["run_name=nightly"])) == ("/tmp/runs/local",
+                                                                                            "nightly")
+
+
+def test_an_output_with_no_folder_is_refused():
+    with pytest.raises(UserError, match="names no run folder"):
+        resolve_run("/", None, load_config(None, []))
