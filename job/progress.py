@@ -1,7 +1,8 @@
-"""A small progress bar for long commands (synth, prepare, validate), on stderr.
+"""The progress bar of long commands (synth, prepare, validate), on stderr, drawn by tqdm.
 
-It redraws in place on a terminal and prints a line every 10 % otherwise, so logs in CI and
-Kubernetes stay readable.
+On a terminal tqdm redraws in place. Without one (CI, `kubectl logs`) tqdm would still
+redraw with carriage returns, which reads as one endless line, so there we print tqdm's
+status text as a plain line at most every 10 s, and once at the end.
 """
 
 from __future__ import annotations
@@ -9,34 +10,32 @@ from __future__ import annotations
 import sys
 import time
 
+from tqdm import tqdm
+
+# Seconds between printed lines when stderr is not a terminal.
+LOG_INTERVAL_SECONDS = 10.0
+
 
 class Progress:
     """Progress of `total` units; call `update(done, total)` and `close()`."""
 
     def __init__(self, label: str, unit: str = "items", enabled: bool = True):
         self.label, self.unit, self.enabled = label, unit, enabled
-        self.start = time.perf_counter()
         self._tty = sys.stderr.isatty()
-        self._last_decile = -1
-        self._done = 0
+        self._bar = tqdm(desc=label, unit=f" {unit}", file=sys.stderr, disable=not (enabled and self._tty))
+        self._start = self._last_line = time.monotonic()
 
     def update(self, done: int, total: int) -> None:
-        self._done = done
-        if not self.enabled or total <= 0:
-            return
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
-        text = f"{self.label}: {done}/{total} {self.unit} ({100 * done / total:.0f}%, {rate:.0f} {self.unit}/s)"
         if self._tty:
-            bar = "#" * int(30 * done / total)
-            sys.stderr.write(f"\r[{bar:<30}] {text}")
-            sys.stderr.flush()
-        else:
-            decile = int(10 * done / total)
-            if decile != self._last_decile:
-                self._last_decile = decile
-                print(text, file=sys.stderr, flush=True)
+            if self._bar.total != total:
+                self._bar.total = total
+            self._bar.update(done - self._bar.n)
+            return
+        now = time.monotonic()
+        if self.enabled and total > 0 and (done >= total or now - self._last_line >= LOG_INTERVAL_SECONDS):
+            self._last_line = now
+            print(tqdm.format_meter(done, total, now - self._start, prefix=self.label, unit=f" {self.unit}",
+                                    ascii=True), file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.enabled and self._tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        self._bar.close()

@@ -74,10 +74,10 @@ def write_dataset(root: str, class_names: list[str], fmt: str, splits: dict[str,
         for i in indices:
             example = make_example(int(i))
             encodings.add(shards.sniff_encoding(example.image))
-            yield example
             done += 1
             if done % 50 == 0 or done == total:
                 bar.update(done, total)
+            yield example
 
     written = {}
     for name in shards.SPLITS:

@@ -136,11 +136,8 @@ def restore_best(run_uri: str, work_dir: str | None = None) -> RestoredCheckpoin
 def publish(local_dir: str, uri: str) -> None:
     """Upload a finished checkpoint folder, manifest last, so a reader never trusts a partial one."""
     names = sorted(n for n in os.listdir(local_dir) if n != MANIFEST)
-    for name in names:
-        with open(os.path.join(local_dir, name), "rb") as fh:
-            storage.write_bytes(storage.join(uri, name), fh.read())
-    with open(os.path.join(local_dir, MANIFEST), "rb") as fh:
-        storage.write_bytes(storage.join(uri, MANIFEST), fh.read())
+    for name in [*names, MANIFEST]:
+        storage.copy_file(os.path.join(local_dir, name), storage.join(uri, name))
 
 
 def prune(run_uri: str, keep_best: int) -> list[str]:
