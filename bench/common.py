@@ -16,7 +16,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 # Quiet frameworks before anything imports them (sections import this module first).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     detail["command"] = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     detail["quick"] = args.quick
     results = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": common.machine_info(),
         "image_size": args.image_size,
         "images_per_second": {k: _round(ips.get(k)) for k in
