@@ -6,7 +6,7 @@
 Every section runs in its own subprocess with a hard timeout (see bench/common.py) on the
 same generated shards (224 px synthetic scenes, TFRecord and Parquet, in --workdir, never
 in the repository). Figures are medians over repeated, warmed-up windows. Writes
-bench/results.json (the contract in DESIGN.md, plus details under "detail") and
+bench/results.json (the contract in docs/performance.md, plus details under "detail") and
 bench/results.md (each ratio with its target and whether it is met).
 """
 

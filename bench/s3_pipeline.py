@@ -2,8 +2,8 @@
 
 The embedded S3 server holds both shard sets. A local Ray (1 worker CPU + 1 CPU for Ray
 Data, as `driver.connect` sizes it) runs a 1-worker `TensorflowTrainer` whose train
-function builds exactly what `driver.worker_entry` builds:
-`driver.read_split` (Ray Data over pyarrow's S3 filesystem) -> `get_dataset_shard` ->
+function builds exactly what `worker.worker_entry` builds:
+`datasets.ray_dataset` (Ray Data over pyarrow's S3 filesystem) -> `get_dataset_shard` ->
 `iter_batches(HANDOVER_BATCH_ROWS, numpy, prefetch_batches=2)` -> `pipeline.ReleasableBatches` ->
 `pipeline.examples_from_batches` -> `pipeline.make_pipeline(training=True, repeat=True)`,
 and times batches taken from it, with no model. A trainer (rather than `ds.iterator()` in a
@@ -32,7 +32,7 @@ def measure_in_worker(config: dict) -> None:
     import ray.train
 
     from bench import common as c
-    from job.cluster import driver
+    from job.cluster import worker
     from job.config import DataConfig
     from job.data import pipeline, shards
 
@@ -43,7 +43,7 @@ def measure_in_worker(config: dict) -> None:
     def from_shard(name: str):
         shard = ray.train.get_dataset_shard(name)
         source = pipeline.ReleasableBatches(
-            lambda: shard.iter_batches(batch_size=driver.HANDOVER_BATCH_ROWS, batch_format="numpy",
+            lambda: shard.iter_batches(batch_size=worker.HANDOVER_BATCH_ROWS, batch_format="numpy",
                                        prefetch_batches=2))
         sources.append(source)
         examples = pipeline.examples_from_batches(source, config["num_classes"])
@@ -79,7 +79,8 @@ def main() -> None:
 
     from bench.data import FORMATS, dataset_dir
     from job import storage
-    from job.cluster import driver
+    from job.cluster import worker
+    from job.cluster.datasets import ray_dataset
     from job.data import shards
     from job.storage.embedded import use_embedded_s3
 
@@ -97,8 +98,8 @@ def main() -> None:
         manifests = {fmt: shards.load_manifest(uri) for fmt, uri in uris.items()}
         # 1 worker CPU + 1 for Ray Data's read tasks: with none spare the read never runs.
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, logging_level="WARNING")
-        driver._quiet_ray_data()
-        datasets = {fmt: driver.read_split(uris[fmt], manifests[fmt], "train") for fmt in FORMATS}
+        worker.quiet_ray_data()
+        datasets = {fmt: ray_dataset(uris[fmt], manifests[fmt], "train") for fmt in FORMATS}
         trainer = TensorflowTrainer(
             train_loop_per_worker=measure_in_worker,
             train_loop_config={

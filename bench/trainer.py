@@ -3,10 +3,10 @@
 Both runs use the product's own code on the same local TFRecord shards, with the demo preset
 at the bench image size (small_cnn, batch 32, augmentation, per-epoch checkpoints):
 - plain:  `loop.train_worker` in this process, fed by `pipeline.examples_from_shards`,
-          checkpoints published by `plan.LocalReporter` (what `train --local` does);
+          checkpoints published by `local.LocalReporter` (what `train --local` does);
 - ray N:  `driver._fit`: a local Ray sized by `driver.connect` (N workers x 1 CPU
           + 1 CPU for Ray Data), Ray Data `read_split`, `TensorflowTrainer` running
-          `driver.worker_entry` -> `loop.train_worker` (MWMS when N > 1).
+          `worker.worker_entry` -> `loop.train_worker` (MWMS when N > 1).
 Evaluation is left out of both. Figures: the wall time of the whole call (including Ray's
 start-up), and each epoch's own time from history.json (`epoch_seconds`, train +
 validation, measured by the train loop itself); the first epoch (graph tracing) is warm-up.
@@ -35,19 +35,20 @@ def make_config(image_size: int, epochs: int, num_workers: int):
 
 def run_plain(data_uri: str, output_uri: str, image_size: int, epochs: int) -> dict:
     from job.data import pipeline
-    from job.launch import plan
+    from job.launch.local import LocalReporter
+    from job.launch.plan import plan_run
     from job.telemetry import WorkerTelemetry
     from job.training import loop
 
     cfg = make_config(image_size, epochs, 1)
-    plan = plan.plan_run(cfg, data_uri, output_uri, None, num_workers=1)
+    plan = plan_run(cfg, data_uri, output_uri, None, num_workers=1)
     start = time.perf_counter()
     history = loop.train_worker(
         cfg, plan.for_workers(), loop.WorkerInfo(),
         train_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "train", shuffle_shards=True,
                                                            seed=cfg.training.seed),
         val_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "val"),
-        reporter=plan.LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
+        reporter=LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
         telemetry=WorkerTelemetry(plan.run_name, 0, None, enabled=False),
     )
     return _summary(time.perf_counter() - start, history, plan)
@@ -55,11 +56,11 @@ def run_plain(data_uri: str, output_uri: str, image_size: int, epochs: int) -> d
 
 def run_ray(data_uri: str, output_uri: str, image_size: int, epochs: int, num_workers: int) -> dict:
     from job.cluster import driver
-    from job.launch import plan
+    from job.launch.plan import plan_run
     from job.telemetry import DriverTelemetry
 
     cfg = make_config(image_size, epochs, num_workers)
-    plan = plan.plan_run(cfg, data_uri, output_uri, None, num_workers=num_workers)
+    plan = plan_run(cfg, data_uri, output_uri, None, num_workers=num_workers)
     start = time.perf_counter()
     history = driver._fit(cfg, plan, DriverTelemetry(plan.run_name, None, enabled=False))
     return _summary(time.perf_counter() - start, history, plan)

@@ -1,7 +1,7 @@
 """The ONLY module that imports Ray: cluster connection, Ray Data reads, TensorflowTrainer.
 
 Flow: plan and pre-flight checks (no Ray yet) -> connect or start Ray -> read the train and
-val shards with Ray Data through storage.py's filesystem -> TensorflowTrainer with one
+val shards with Ray Data through the storage wing's filesystem -> TensorflowTrainer with one
 worker function (a thin shim around `loop.train_worker`) -> evaluate the best
 checkpoint and write the outputs.
 """

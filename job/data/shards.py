@@ -246,7 +246,7 @@ def encode_shard(examples: Sequence[Example], fmt: str) -> bytes:
 def _encode_tfrecord(examples: Sequence[Example]) -> bytes:
     import tensorflow as tf
 
-    # TFRecordWriter only writes to paths; a local temp file keeps storage.py the only
+    # TFRecordWriter only writes to paths; a local temp file keeps the storage wing the only
     # module that knows where the bytes finally go.
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "shard.tfrecord")
