@@ -19,10 +19,9 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
-from job.data import shards
-
 from job import storage
 from job.config import DataConfig
+from job.data import shards
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Encoded examples read ahead of the decode stage (~KB each: a few MB at most for JPEGs).

@@ -35,13 +35,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from job.data import splits
-
-from job.data import shards
-
 from job import storage
-from job.errors import UserError
+from job.data import shards, splits
 from job.data.labels import parse_label_field, to_multi_hot
+from job.errors import UserError
 from job.progress import Progress
 
 REQUIRED_COLUMNS = ("image", "labels")

@@ -10,11 +10,11 @@ from typing import Callable
 
 import numpy as np
 
+from job import storage
 from job.data import shards
+from job.data.synthetic import generate
 from job.errors import UserError
 from job.progress import Progress
-from job import storage
-from job.data.synthetic import generate
 
 
 def assign_splits(num_examples: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:

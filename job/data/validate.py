@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from job.data import shards
-
 from job import storage
+from job.data import shards
 from job.errors import UserError
 
 
