@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 
-from job import embedded_s3, storage
+from job import storage
+from job.storage import embedded
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +21,7 @@ def s3_server():
     The environment is set in ``os.environ`` so subprocesses (Ray workers) inherit it; it is
     restored when the session ends.
     """
-    server = embedded_s3.use_embedded_s3()
+    server = embedded.use_embedded_s3()
     try:
         yield server
     finally:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 # CI clones the repo into a folder with shared/ beside it; the CRD schemas live there.

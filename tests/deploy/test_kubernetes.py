@@ -12,7 +12,14 @@ import pytest
 import yaml
 
 from .helpers import (
-    OVERLAYS, REPO, SCHEMAS, TARGETS, all_pod_templates, containers, objects, one,
+    OVERLAYS,
+    REPO,
+    SCHEMAS,
+    TARGETS,
+    all_pod_templates,
+    containers,
+    objects,
+    one,
 )
 
 K8S_VERSION = "1.32.0"

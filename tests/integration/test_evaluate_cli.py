@@ -18,7 +18,6 @@ import pytest
 from PIL import Image
 
 from job import storage
-
 from tests.cli import run_cli
 from tests.trained_run import shared_run
 

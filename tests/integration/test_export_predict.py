@@ -41,11 +41,11 @@ def exported(tmp_path_factory):
     done = run_cli("export", "--run", str(run), "--out", str(model))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "serving_default" in done.stdout
-    from job import records
+    from job.data import shards
 
-    manifest = records.load_manifest(str(data))
+    manifest = shards.load_manifest(str(data))
     images = []
-    for i, (_, example) in enumerate(records.read_split(str(data), manifest, "test")):
+    for i, (_, example) in enumerate(shards.read_split(str(data), manifest, "test")):
         if i == 6:
             break
         path = base / f"{example.id}.jpg"
@@ -58,10 +58,12 @@ def in_process_probabilities(run: Path, images: list[Path]) -> np.ndarray:
     """sigmoid(logits) of the run's best checkpoint model, built in this process."""
     import tensorflow as tf
 
-    from job.evaluate import load_best_model, load_run_config
-    from job.inputs import decode_image
+    from job.data.pipeline import decode_image
+    from job.evaluation.loading import load_best_model
+    from job.storage.run_store import RunStore
 
-    cfg, names, _ = load_run_config(str(run))
+    saved = RunStore(str(run)).read_config()
+    cfg, names = saved.config, saved.class_names
     model, _ = load_best_model(str(run), cfg, len(names))
     pixels = tf.stack([decode_image(tf.constant(p.read_bytes()), cfg.data.image_size) for p in images])
     return tf.sigmoid(model(pixels, training=False)).numpy()
@@ -78,7 +80,7 @@ def test_export_matches_in_process_model(exported):
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5, rtol=0)
 
     # predict_images takes pixels already decoded and resized.
-    from job.inputs import decode_image
+    from job.data.pipeline import decode_image
 
     pixels = tf.stack([decode_image(tf.constant(p.read_bytes()), 64) for p in images])
     direct = loaded.signatures["predict_images"](pixels=pixels)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from job import records, storage
+from job import storage
+from job.data import shards
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ def test_prepare_to_s3_then_validate_full_hash(source, bucket, fmt):
     files = storage.list_files(uri)
     assert f"{uri}/dataset.json" in files
     assert sum(f.endswith(f".{fmt}") for f in files) == 4  # 2 train + 1 val + 1 test
-    manifest = records.load_manifest(uri)
+    manifest = shards.load_manifest(uri)
     assert manifest.class_names == ["sea", "sunset", "trees"]
 
     proc = _job("validate", uri, "--full-hash", "--quiet", "--sample-records", "100")

@@ -19,6 +19,7 @@ import pytest
 
 from job import storage
 from job.storage import StorageError
+from job.storage import objects as storage_objects
 
 pytestmark = pytest.mark.integration
 
@@ -228,7 +229,7 @@ def test_list_files_and_delete_prefix(bucket):
 @pytest.mark.timeout(60)
 def test_large_write_is_a_multipart_upload(bucket, monkeypatch):
     # 5 MiB is S3's smallest part size; a lower threshold keeps the test small.
-    monkeypatch.setattr(storage, "MULTIPART_THRESHOLD_BYTES", 5 * 1024 * 1024)
+    monkeypatch.setattr(storage_objects, "MULTIPART_THRESHOLD_BYTES", 5 * 1024 * 1024)
     uri = f"s3://{bucket}/large/model.bin"
     payload = os.urandom(1024) * (11 * 1024)  # 11 MiB -> 3 parts
     with storage.open_write(uri) as f:
@@ -241,7 +242,7 @@ def test_large_write_is_a_multipart_upload(bucket, monkeypatch):
 @pytest.mark.timeout(60)
 def test_delete_more_than_one_batch(bucket, monkeypatch):
     # DeleteObjects takes at most 1000 keys; a batch of 3 exercises the same loop cheaply.
-    monkeypatch.setattr(storage, "_DELETE_BATCH", 3)
+    monkeypatch.setattr(storage_objects, "_DELETE_BATCH", 3)
     for i in range(8):
         storage.write_bytes(f"s3://{bucket}/many/{i:05d}", b"")
     storage.write_bytes(f"s3://{bucket}/keep/x", b"")
@@ -566,10 +567,10 @@ def test_local_upload_download_dir(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_use_embedded_s3_sets_and_restores_environment(s3_server):
-    from job import embedded_s3
+    from job.storage import embedded
 
     before = {k: os.environ.get(k) for k in ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_REGION")}
-    with embedded_s3.use_embedded_s3("second-embedded") as server:
+    with embedded.use_embedded_s3("second-embedded") as server:
         assert server.endpoint_url != s3_server.endpoint_url
         assert os.environ["S3_ENDPOINT_URL"] == server.endpoint_url
         assert os.environ["AWS_REGION"] == "us-east-1"
@@ -581,12 +582,12 @@ def test_use_embedded_s3_sets_and_restores_environment(s3_server):
 
 @pytest.mark.timeout(30)
 def test_embedded_server_on_a_busy_port_is_a_clear_error():
-    from job import embedded_s3
     from job.errors import UserError
+    from job.storage import embedded
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}"):
-            embedded_s3.start(port=port)
+            embedded.start(port=port)

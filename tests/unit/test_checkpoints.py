@@ -13,7 +13,8 @@ import os
 
 import pytest
 
-from job import checkpoints
+from job.storage.run_store import checkpoint_dir_name
+from job.training import checkpoints
 
 
 def _make_local(path, epoch: int, val_loss: float, payload: bytes | None = None) -> str:
@@ -30,8 +31,8 @@ def _make_local(path, epoch: int, val_loss: float, payload: bytes | None = None)
 
 
 def _publish(tmp_path, run: str, epoch: int, val_loss: float) -> str:
-    local = _make_local(tmp_path / "staging" / checkpoints.dir_name(epoch), epoch, val_loss)
-    uri = os.path.join(run, checkpoints.dir_name(epoch))
+    local = _make_local(tmp_path / "staging" / checkpoint_dir_name(epoch), epoch, val_loss)
+    uri = os.path.join(run, checkpoint_dir_name(epoch))
     checkpoints.publish(local, uri)
     return uri
 
@@ -156,7 +157,7 @@ def test_restore_latest_returns_the_newest(tmp_path):
 def test_restore_latest_skips_a_corrupt_newest_and_says_which_file(tmp_path, caplog):
     run, uris = _run(tmp_path, {1: 0.9, 2: 0.7, 3: 0.8})
     _flip_byte(os.path.join(uris[3], "model.ckpt.index"))
-    with caplog.at_level(logging.WARNING, logger="job.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="job.training.checkpoints"):
         restored = checkpoints.restore_latest(run, str(tmp_path / "work"))
     assert restored is not None and restored.epoch == 2
     assert restored.uri == uris[2]
@@ -170,7 +171,7 @@ def test_restore_latest_skips_a_checkpoint_without_manifest(tmp_path, caplog):
     # An upload interrupted before the manifest (written last) is not a checkpoint.
     run, uris = _run(tmp_path, {4: 0.6, 5: 0.5})
     os.remove(os.path.join(uris[5], "manifest.json"))
-    with caplog.at_level(logging.WARNING, logger="job.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="job.training.checkpoints"):
         restored = checkpoints.restore_latest(run, str(tmp_path / "work"))
     assert restored is not None and restored.epoch == 4
     assert any(uris[5] in r.getMessage() and "manifest.json is missing" in r.getMessage() for r in caplog.records)
@@ -181,7 +182,7 @@ def test_restore_latest_skips_a_checkpoint_with_a_damaged_manifest(tmp_path, cap
     run, uris = _run(tmp_path, {4: 0.6, 5: 0.5})
     with open(os.path.join(uris[5], "manifest.json"), "w") as fh:
         fh.write('{"files": {"state.json": ')
-    with caplog.at_level(logging.WARNING, logger="job.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="job.training.checkpoints"):
         restored = checkpoints.restore_latest(run, str(tmp_path / "work"))
     assert restored is not None and restored.epoch == 4
     assert any(uris[5] in r.getMessage() and "manifest.json" in r.getMessage() for r in caplog.records)
@@ -214,7 +215,7 @@ def test_restore_best_prefers_the_newest_on_a_tie(tmp_path):
 def test_restore_best_falls_back_to_the_next_best_when_the_best_is_corrupt(tmp_path, caplog):
     run, uris = _run(tmp_path, {1: 0.5, 2: 0.3, 3: 0.4, 4: 0.6})
     os.truncate(os.path.join(uris[2], "model.ckpt.index"), 3)
-    with caplog.at_level(logging.WARNING, logger="job.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="job.training.checkpoints"):
         restored = checkpoints.restore_best(run, str(tmp_path / "work"))
     assert restored is not None and restored.epoch == 3
     assert any(uris[2] in r.getMessage() and "model.ckpt.index" in r.getMessage() for r in caplog.records)
@@ -258,4 +259,4 @@ def test_prune_counts_a_checkpoint_without_val_loss_as_worst(tmp_path):
 
 
 def test_dir_name_is_zero_padded():
-    assert checkpoints.dir_name(7) == "checkpoint_epoch-000007"
+    assert checkpoint_dir_name(7) == "checkpoint_epoch-000007"

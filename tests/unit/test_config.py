@@ -12,8 +12,8 @@ import os
 import pytest
 
 from job.config import (
-    Config,
     PRESET_DIR_ENV,
+    Config,
     ConfigError,
     config_from_dict,
     config_to_dict,

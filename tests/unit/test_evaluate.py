@@ -1,4 +1,4 @@
-"""job.evaluate's pure parts: tables, report, per-label CSV, thresholds file checks, pair note."""
+"""job.evaluation.evaluate's pure parts: tables, report, per-label CSV, thresholds file checks, pair note."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from job import evaluate
+from job.data.labels import find_correlated_pairs
 from job.errors import UserError
-from job.labels import find_correlated_pairs
-from job.metrics import evaluate_predictions
+from job.evaluation import evaluate, loading, report
+from job.evaluation.scores import evaluate_predictions
 
 NAMES = ["desert", "mountains", "sea", "sunset", "trees"]
 
@@ -31,7 +31,7 @@ def _metrics(tie: bool = False):
     thresholds = np.array([0.3, 0.4, 0.5, 0.6, 0.7])
     for i, split in enumerate(("train", "val", "test")):
         y, logits = _split(60, i, tie=tie and split != "test")
-        preds[split] = evaluate.SplitPredictions(split, y, logits)
+        preds[split] = loading.SplitPredictions(split, y, logits)
         metrics[split] = evaluate_predictions(y, logits, NAMES, 0.5)
         metrics[split]["num_examples"] = 60
         metrics[split]["tuned"] = evaluate_predictions(y, logits, NAMES, thresholds)
@@ -41,8 +41,8 @@ def _metrics(tie: bool = False):
 
 def test_per_label_csv_has_every_split_label_and_column():
     metrics, _, thresholds = _metrics()
-    rows = list(csv.DictReader(io.StringIO(evaluate.format_per_label_csv(metrics, NAMES))))
-    assert tuple(rows[0].keys()) == evaluate.PER_LABEL_CSV_COLUMNS
+    rows = list(csv.DictReader(io.StringIO(report.format_per_label_csv(metrics, NAMES))))
+    assert tuple(rows[0].keys()) == report.PER_LABEL_CSV_COLUMNS
     assert [(r["split"], r["label"]) for r in rows] == [(s, n) for s in ("train", "val", "test") for n in NAMES]
     test_sea = next(r for r in rows if r["split"] == "test" and r["label"] == "sea")
     assert float(test_sea["threshold"]) == pytest.approx(thresholds[2])
@@ -56,17 +56,17 @@ def test_per_label_csv_leaves_undefined_average_precision_empty():
     y[:, 4] = 0
     m = evaluate_predictions(y, logits, NAMES, 0.5)
     metrics = {"test": {**m, "tuned": m, "num_examples": 20}}
-    rows = list(csv.DictReader(io.StringIO(evaluate.format_per_label_csv(metrics, NAMES))))
+    rows = list(csv.DictReader(io.StringIO(report.format_per_label_csv(metrics, NAMES))))
     assert rows[4]["label"] == "trees" and rows[4]["average_precision"] == ""
 
 
 def test_report_has_split_table_threshold_table_and_per_label_rows():
     metrics, preds, thresholds = _metrics()
-    note = evaluate.format_pair_note([], preds["train"].y_true, NAMES, "train", preds, thresholds, 0.95)
-    text = evaluate.format_report(metrics, NAMES, run_uri="/runs/r", data_uri="/data/d", pair_note=note)
+    note = report.format_pair_note([], preds["train"].y_true, NAMES, "train", preds, thresholds, 0.95)
+    text = report.format_report(metrics, NAMES, run_uri="/runs/r", data_uri="/data/d", pair_note=note)
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| split |"))
-    assert all(c in header for c in evaluate.TABLE_COLUMNS)
+    assert all(c in header for c in report.TABLE_COLUMNS)
     for split in ("train", "val", "test"):
         row = next(line for line in lines if line.startswith(f"| {split} |"))
         assert f"{metrics[split]['macro_f1']:.4f}" in row
@@ -80,7 +80,7 @@ def test_pair_note_names_tied_pair_and_exactly_one_accuracy():
     metrics, preds, thresholds = _metrics(tie=True)
     pairs = find_correlated_pairs(preds["train"].y_true, NAMES, 0.95)
     assert [(p.first, p.second) for p in pairs] == [("sea", "sunset")]
-    note = evaluate.format_pair_note(pairs, preds["train"].y_true, NAMES, "train", preds, thresholds, 0.95)
+    note = report.format_pair_note(pairs, preds["train"].y_true, NAMES, "train", preds, thresholds, 0.95)
     assert "**sea + sunset**" in note
     test = preds["test"]
     one = (test.y_true[:, 2] > 0) != (test.y_true[:, 3] > 0)
@@ -90,7 +90,7 @@ def test_pair_note_names_tied_pair_and_exactly_one_accuracy():
 def test_format_table_prints_undefined_map_as_dash():
     metrics, _, _ = _metrics()
     metrics["test"]["mean_average_precision"] = None
-    table = evaluate.format_table(metrics)
+    table = report.format_table(metrics)
     assert table.splitlines()[3].split()[6] == "-"
 
 
@@ -101,11 +101,11 @@ def _write_thresholds(tmp_path, obj) -> str:
 
 def test_load_thresholds_reads_a_good_file(tmp_path):
     run = _write_thresholds(tmp_path, {"class_names": NAMES, "thresholds": [0.1, 0.2, 0.3, 0.4, 0.5]})
-    np.testing.assert_allclose(evaluate.load_thresholds(run, NAMES), [0.1, 0.2, 0.3, 0.4, 0.5])
+    np.testing.assert_allclose(loading.load_thresholds(run, NAMES), [0.1, 0.2, 0.3, 0.4, 0.5])
 
 
 def test_load_thresholds_missing_file_is_none(tmp_path):
-    assert evaluate.load_thresholds(str(tmp_path), NAMES) is None
+    assert loading.load_thresholds(str(tmp_path), NAMES) is None
 
 
 @pytest.mark.parametrize("obj, words", [
@@ -117,7 +117,7 @@ def test_load_thresholds_missing_file_is_none(tmp_path):
 def test_load_thresholds_rejects_bad_files(tmp_path, obj, words):
     run = _write_thresholds(tmp_path, obj)
     with pytest.raises(UserError, match="python -m job evaluate") as info:
-        evaluate.load_thresholds(run, NAMES)
+        loading.load_thresholds(run, NAMES)
     assert words in str(info.value)
 
 

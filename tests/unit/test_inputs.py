@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from job import inputs, records
 from job.config import DataConfig
-from job.records import DatasetError, Example
+from job.data import pipeline, shards
+from job.data.shards import DatasetError, Example
 
 SIZE = 16
 K = 3
@@ -47,17 +47,17 @@ def _examples(n: int, k: int = K) -> list[Example]:
 
 
 def _write(root: str, fmt: str, split_sizes: dict[str, tuple[int, int]], k: int = K,
-           class_names=None) -> tuple[records.Manifest, dict[str, list[Example]]]:
+           class_names=None) -> tuple[shards.Manifest, dict[str, list[Example]]]:
     written, data = {}, {}
     offset = 0
-    for split, (n, shards) in split_sizes.items():
+    for split, (n, num_shards) in split_sizes.items():
         data[split] = [Example(id=f"{split}-{i}", image=_noise(offset + i), labels=np.array(_bits(offset + i, k)))
                        for i in range(n)]
         offset += n
-        written[split] = records.write_split(root, split, iter(data[split]), n, shards, fmt, k)
+        written[split] = shards.write_split(root, split, iter(data[split]), n, num_shards, fmt, k)
     names = class_names if class_names is not None else [f"c{j}" for j in range(k)]
-    manifest = records.Manifest(format=fmt, class_names=names, splits=written)
-    records.write_manifest(root, manifest)
+    manifest = shards.Manifest(format=fmt, class_names=names, splits=written)
+    shards.write_manifest(root, manifest)
     return manifest, data
 
 
@@ -71,8 +71,8 @@ def _pairs(ds: tf.data.Dataset) -> list[tuple[bytes, tuple[float, ...]]]:
 @pytest.mark.parametrize("fmt, h, w", [("JPEG", 40, 24), ("PNG", 30, 50)])
 def test_decode_image_eager_and_in_dataset_map_agree(fmt, h, w):
     data = _solid(h, w, (200, 40, 10), fmt)
-    eager = inputs.decode_image(tf.constant(data), SIZE).numpy()
-    mapped = next(iter(tf.data.Dataset.from_tensors(data).map(lambda b: inputs.decode_image(b, SIZE)))).numpy()
+    eager = pipeline.decode_image(tf.constant(data), SIZE).numpy()
+    mapped = next(iter(tf.data.Dataset.from_tensors(data).map(lambda b: pipeline.decode_image(b, SIZE)))).numpy()
     for image in (eager, mapped):
         assert image.shape == (SIZE, SIZE, 3)
         assert image.dtype == np.float32
@@ -88,7 +88,7 @@ def test_decode_image_of_grey_and_rgba_png_gives_three_channels():
     rgba = io.BytesIO()
     Image.fromarray(np.full((20, 20, 4), (10, 20, 30, 128), np.uint8), mode="RGBA").save(rgba, format="PNG")
     for data, colour in ((grey.getvalue(), [90, 90, 90]), (rgba.getvalue(), [10, 20, 30])):
-        image = inputs.decode_image(tf.constant(data), SIZE).numpy()
+        image = pipeline.decode_image(tf.constant(data), SIZE).numpy()
         assert image.shape == (SIZE, SIZE, 3)
         np.testing.assert_allclose(image.mean(axis=(0, 1)), colour, atol=1)
 
@@ -98,8 +98,8 @@ def test_decode_image_of_grey_and_rgba_png_gives_three_channels():
 
 def _augment_both_ways(image: np.ndarray, seed) -> tuple[np.ndarray, np.ndarray]:
     seed_t = tf.constant(seed, tf.int64)
-    eager = inputs.augment_image(tf.constant(image), seed_t).numpy()
-    ds = tf.data.Dataset.from_tensors((image, seed_t)).map(inputs.augment_image)
+    eager = pipeline.augment_image(tf.constant(image), seed_t).numpy()
+    ds = tf.data.Dataset.from_tensors((image, seed_t)).map(pipeline.augment_image)
     return eager, next(iter(ds)).numpy()
 
 
@@ -120,7 +120,7 @@ def test_augment_image_is_deterministic_per_seed_and_keeps_shape_and_range():
 
 def test_augment_image_differs_across_many_seeds():
     image = np.random.default_rng(2).uniform(0, 255, (SIZE, SIZE, 3)).astype(np.float32)
-    outs = [inputs.augment_image(tf.constant(image), tf.constant([s, 0], tf.int64)).numpy() for s in range(6)]
+    outs = [pipeline.augment_image(tf.constant(image), tf.constant([s, 0], tf.int64)).numpy() for s in range(6)]
     distinct = {o.tobytes() for o in outs}
     assert len(distinct) == 6
 
@@ -146,14 +146,14 @@ def _cfg(**kw) -> DataConfig:
 
 
 def test_pipeline_batches_with_and_without_drop_remainder():
-    ds = inputs.make_pipeline(_indexed_examples(10), _cfg(), training=False, batch_size=4)
+    ds = pipeline.make_pipeline(_indexed_examples(10), _cfg(), training=False, batch_size=4)
     batches = list(ds.as_numpy_iterator())
     assert [b[0].shape for b in batches] == [(4, SIZE, SIZE, 3), (4, SIZE, SIZE, 3), (2, SIZE, SIZE, 3)]
     assert all(b[0].dtype == np.float32 and b[1].dtype == np.float32 for b in batches)
     # Evaluation keeps the input order.
     assert _indices(np.concatenate([b[1] for b in batches])) == list(range(10))
 
-    dropped = inputs.make_pipeline(_indexed_examples(10), _cfg(), training=False, batch_size=4, drop_remainder=True)
+    dropped = pipeline.make_pipeline(_indexed_examples(10), _cfg(), training=False, batch_size=4, drop_remainder=True)
     shapes = [b[1].shape for b in dropped.as_numpy_iterator()]
     assert shapes == [(4, 5), (4, 5)]
     # The batch dimension is static, so every rank runs the same step shape.
@@ -164,7 +164,7 @@ def test_training_shuffle_is_a_bounded_permutation():
     n, buffer = 24, 3
     orders = []
     for seed in range(4):
-        ds = inputs.make_pipeline(_indexed_examples(n), _cfg(shuffle_buffer_examples=buffer), training=True,
+        ds = pipeline.make_pipeline(_indexed_examples(n), _cfg(shuffle_buffer_examples=buffer), training=True,
                                   batch_size=n, seed=seed)
         order = _indices(next(iter(ds))[1].numpy())
         assert sorted(order) == list(range(n))  # every example once
@@ -173,19 +173,19 @@ def test_training_shuffle_is_a_bounded_permutation():
         orders.append(order)
     assert any(order != list(range(n)) for order in orders)
     # The same seed gives the same order.
-    again = inputs.make_pipeline(_indexed_examples(n), _cfg(shuffle_buffer_examples=buffer), training=True,
+    again = pipeline.make_pipeline(_indexed_examples(n), _cfg(shuffle_buffer_examples=buffer), training=True,
                                  batch_size=n, seed=2)
     assert _indices(next(iter(again))[1].numpy()) == orders[2]
 
 
 def test_training_without_shuffle_buffer_keeps_order():
-    ds = inputs.make_pipeline(_indexed_examples(8), _cfg(shuffle_buffer_examples=0), training=True, batch_size=8)
+    ds = pipeline.make_pipeline(_indexed_examples(8), _cfg(shuffle_buffer_examples=0), training=True, batch_size=8)
     assert _indices(next(iter(ds))[1].numpy()) == list(range(8))
 
 
 def test_pipeline_repeat_loops_over_the_data():
     n = 5
-    ds = inputs.make_pipeline(_indexed_examples(n), _cfg(shuffle_buffer_examples=n), training=True, batch_size=4,
+    ds = pipeline.make_pipeline(_indexed_examples(n), _cfg(shuffle_buffer_examples=n), training=True, batch_size=4,
                               repeat=True, drop_remainder=True, seed=1)
     seen = _indices(np.concatenate([labels for _, labels in ds.take(5).as_numpy_iterator()]))
     assert len(seen) == 20
@@ -197,7 +197,7 @@ def test_pipeline_repeat_loops_over_the_data():
 
 
 def test_training_pipeline_with_augment_keeps_shape_range_and_labels():
-    ds = inputs.make_pipeline(_indexed_examples(6), _cfg(augment=True, shuffle_buffer_examples=2), training=True,
+    ds = pipeline.make_pipeline(_indexed_examples(6), _cfg(augment=True, shuffle_buffer_examples=2), training=True,
                               batch_size=3, seed=5, drop_remainder=True)
     images, labels = [], []
     for x, y in ds.as_numpy_iterator():
@@ -208,7 +208,7 @@ def test_training_pipeline_with_augment_keeps_shape_range_and_labels():
         labels.append(y)
     assert sorted(_indices(np.concatenate(labels))) == list(range(6))
     # Augmentation changed the pixels relative to plain decoding.
-    plain = inputs.make_pipeline(_indexed_examples(6), _cfg(), training=False, batch_size=6)
+    plain = pipeline.make_pipeline(_indexed_examples(6), _cfg(), training=False, batch_size=6)
     plain_x, plain_y = next(iter(plain))
     by_index = dict(zip(_indices(plain_y.numpy()), plain_x.numpy()))
     aug = dict(zip(_indices(np.concatenate(labels)), np.concatenate(images)))
@@ -218,12 +218,12 @@ def test_training_pipeline_with_augment_keeps_shape_range_and_labels():
 # ---------------------------------------------------------------------------- sources: shards
 
 
-@pytest.mark.parametrize("fmt", records.FORMATS)
+@pytest.mark.parametrize("fmt", shards.FORMATS)
 def test_examples_from_shards_yields_every_example_once(tmp_path, fmt):
     root = str(tmp_path / "ds")
     manifest, data = _write(root, fmt, {"train": (7, 3), "val": (3, 1)})
     for split in ("train", "val"):
-        ds = inputs.examples_from_shards(root, manifest, split)
+        ds = pipeline.examples_from_shards(root, manifest, split)
         assert ds.element_spec[1].dtype == tf.float32
         got = Counter(_pairs(ds))
         want = Counter((e.image, tuple(float(v) for v in e.labels)) for e in data[split])
@@ -234,14 +234,14 @@ def test_examples_from_shards_yields_every_example_once(tmp_path, fmt):
 def test_examples_from_shards_with_shuffled_shards_still_reads_each_once(tmp_path):
     root = str(tmp_path / "ds")
     manifest, data = _write(root, "tfrecord", {"train": (9, 4)})
-    ds = inputs.examples_from_shards(root, manifest, "train", shuffle_shards=True, seed=3)
+    ds = pipeline.examples_from_shards(root, manifest, "train", shuffle_shards=True, seed=3)
     assert Counter(img for img, _ in _pairs(ds)) == Counter(e.image for e in data["train"])
 
 
 def test_examples_from_shards_into_pipeline_gives_float_label_batches(tmp_path):
     root = str(tmp_path / "ds")
     manifest, _ = _write(root, "parquet", {"train": (6, 2)})
-    ds = inputs.make_pipeline(inputs.examples_from_shards(root, manifest, "train"), _cfg(), training=False,
+    ds = pipeline.make_pipeline(pipeline.examples_from_shards(root, manifest, "train"), _cfg(), training=False,
                               batch_size=4)
     x, y = next(iter(ds))
     assert x.shape == (4, SIZE, SIZE, 3) and x.dtype == tf.float32
@@ -252,10 +252,10 @@ def test_examples_from_shards_without_the_split_names_it(tmp_path):
     root = str(tmp_path / "ds")
     manifest, _ = _write(root, "parquet", {"train": (3, 1)})
     with pytest.raises(DatasetError, match="no 'test' shards"):
-        inputs.examples_from_shards(root, manifest, "test")
+        pipeline.examples_from_shards(root, manifest, "test")
 
 
-def _narrow_manifest(tmp_path, fmt) -> tuple[str, records.Manifest]:
+def _narrow_manifest(tmp_path, fmt) -> tuple[str, shards.Manifest]:
     """Shards holding 4 labels under a dataset.json edited consistently to list 3 class names.
 
     (An edit that leaves the label counts 4 wide is refused by load_manifest itself; this one
@@ -271,15 +271,15 @@ def _narrow_manifest(tmp_path, fmt) -> tuple[str, records.Manifest]:
         for shard in body["shards"]:
             shard["label_counts"] = shard["label_counts"][:3]
     path.write_text(json.dumps(obj))
-    return root, records.load_manifest(root)
+    return root, shards.load_manifest(root)
 
 
-@pytest.mark.parametrize("fmt", records.FORMATS)
+@pytest.mark.parametrize("fmt", shards.FORMATS)
 def test_shard_wider_than_class_names_names_the_width(tmp_path, fmt):
     root, manifest = _narrow_manifest(tmp_path, fmt)
     uri = manifest.shard_uris(root, "train")[0]
     with pytest.raises(DatasetError) as info:
-        inputs.load_shard_arrays(uri, fmt, len(manifest.class_names))
+        pipeline.load_shard_arrays(uri, fmt, len(manifest.class_names))
     message = str(info.value)
     assert "width 4" in message and "3 class names" in message
     assert uri in message
@@ -288,7 +288,7 @@ def test_shard_wider_than_class_names_names_the_width(tmp_path, fmt):
 def test_shard_wider_than_class_names_fails_the_pipeline_with_the_message(tmp_path):
     # Inside tf.data the DatasetError becomes a TensorFlow error; its text must survive.
     root, manifest = _narrow_manifest(tmp_path, "tfrecord")
-    ds = inputs.examples_from_shards(root, manifest, "train")
+    ds = pipeline.examples_from_shards(root, manifest, "train")
     with pytest.raises(tf.errors.OpError, match="labels of width 4, but dataset.json lists 3 class names"):
         list(ds.as_numpy_iterator())
 
@@ -296,7 +296,7 @@ def test_shard_wider_than_class_names_fails_the_pipeline_with_the_message(tmp_pa
 def test_load_shard_arrays_returns_bytes_and_int_labels(tmp_path):
     root = str(tmp_path / "ds")
     manifest, data = _write(root, "tfrecord", {"train": (5, 1)})
-    images, labels = inputs.load_shard_arrays(manifest.shard_uris(root, "train")[0], "tfrecord", K)
+    images, labels = pipeline.load_shard_arrays(manifest.shard_uris(root, "train")[0], "tfrecord", K)
     assert list(images) == [e.image for e in data["train"]]
     assert labels.dtype == np.int64 and labels.tolist() == [e.labels.tolist() for e in data["train"]]
 
@@ -320,15 +320,15 @@ def _batches_record_layout(examples, batch_size):
     def make():
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
-            yield {"record": np.array([records.tfrecord_example(e) for e in chunk], dtype=object)}
+            yield {"record": np.array([shards.tfrecord_example(e) for e in chunk], dtype=object)}
     return make
 
 
 def test_examples_from_batches_accepts_both_layouts_identically():
     examples = _examples(7)
     expected = [(e.image, tuple(float(v) for v in e.labels)) for e in examples]
-    from_images = inputs.examples_from_batches(_batches_image_layout(examples, 3), K)
-    from_records = inputs.examples_from_batches(_batches_record_layout(examples, 3), K)
+    from_images = pipeline.examples_from_batches(_batches_image_layout(examples, 3), K)
+    from_records = pipeline.examples_from_batches(_batches_record_layout(examples, 3), K)
     for ds in (from_images, from_records):
         assert ds.element_spec[0].dtype == tf.string
         assert ds.element_spec[1].dtype == tf.float32 and ds.element_spec[1].shape.as_list() == [K]
@@ -344,14 +344,14 @@ def test_examples_from_batches_calls_the_factory_every_pass():
         calls.append(1)
         return _batches_record_layout(examples, 2)()
 
-    ds = inputs.examples_from_batches(make, K).repeat(2)
+    ds = pipeline.examples_from_batches(make, K).repeat(2)
     assert len(_pairs(ds)) == 8
     assert len(calls) == 2
 
 
 def test_examples_from_batches_feeds_the_pipeline():
     examples = _examples(6)
-    ds = inputs.make_pipeline(inputs.examples_from_batches(_batches_record_layout(examples, 4), K), _cfg(),
+    ds = pipeline.make_pipeline(pipeline.examples_from_batches(_batches_record_layout(examples, 4), K), _cfg(),
                               training=False, batch_size=3)
     shapes = [(x.shape, y.shape) for x, y in ds.as_numpy_iterator()]
     assert shapes == [((3, SIZE, SIZE, 3), (3, K))] * 2
@@ -359,8 +359,8 @@ def test_examples_from_batches_feeds_the_pipeline():
 
 def test_releasable_batches_pass_every_batch_through_on_every_pass():
     examples = _examples(5)
-    source = inputs.ReleasableBatches(_batches_image_layout(examples, 2))
-    ds = inputs.examples_from_batches(source, K).repeat(2)
+    source = pipeline.ReleasableBatches(_batches_image_layout(examples, 2))
+    ds = pipeline.examples_from_batches(source, K).repeat(2)
     expected = [(e.image, tuple(float(v) for v in e.labels)) for e in examples]
     assert _pairs(ds) == expected * 2
 
@@ -370,7 +370,7 @@ def test_releasable_batches_raise_the_source_error_in_the_consumer():
         yield from _batches_image_layout(_examples(2), 2)()
         raise ConnectionError("object store went away")
 
-    source = inputs.ReleasableBatches(make)
+    source = pipeline.ReleasableBatches(make)
     with pytest.raises(ConnectionError, match="object store went away"):
         list(source())
 
@@ -383,8 +383,8 @@ def test_release_frees_a_pipeline_whose_source_waits_forever():
         yield from _batches_image_layout(_examples(2), 2)()
         gate.wait()
 
-    source = inputs.ReleasableBatches(make)
-    iterator = iter(inputs.examples_from_batches(source, K).repeat().prefetch(4))
+    source = pipeline.ReleasableBatches(make)
+    iterator = iter(pipeline.examples_from_batches(source, K).repeat().prefetch(4))
     assert len([next(iterator) for _ in range(2)]) == 2
     finished = threading.Event()
 
@@ -406,7 +406,7 @@ def test_release_frees_a_pipeline_whose_source_waits_forever():
 
 
 def test_input_clock_stamps_when_a_batch_is_taken():
-    clock = inputs.InputClock()
+    clock = pipeline.InputClock()
     ds = clock.stamp(tf.data.Dataset.from_tensors((tf.zeros([2, 2]), tf.ones([2]))))
     assert clock.last_ready == 0.0
     x, y = next(iter(ds))

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from job.errors import UserError
-from job.labels import (
+from job.data.labels import (
     DEFAULT_CLASS_NAMES,
     CorrelatedPair,
     conditional_probabilities,
@@ -17,6 +16,7 @@ from job.labels import (
     phi_coefficients,
     to_multi_hot,
 )
+from job.errors import UserError
 
 ABC = ("a", "b", "c")
 # 4 images, 3 labels. By hand: counts a=3, b=2, c=2; both(a,b)=2, both(a,c)=1, both(b,c)=1.

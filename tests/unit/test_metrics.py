@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from job import metrics as M
 from job.errors import UserError
+from job.evaluation import scores as M
+from job.training import metrics as keras_metrics
 
 NAMES = ["desert", "sea", "trees"]
 
@@ -246,14 +247,14 @@ def _keras_results(y, logits):
     import tensorflow as tf
 
     out = {}
-    for metric in M.training_metrics(y.shape[1]):
+    for metric in keras_metrics.training_metrics(y.shape[1]):
         metric.update_state(tf.constant(y, tf.float32), tf.constant(logits, tf.float32))
         out[metric.name] = float(metric.result())
     return out
 
 
 def test_keras_metric_names():
-    assert [m.name for m in M.training_metrics(3)] == [
+    assert [m.name for m in keras_metrics.training_metrics(3)] == [
         "binary_accuracy", "cosine_similarity", "macro_f1", "mean_average_precision",
     ]
 
@@ -284,6 +285,32 @@ def test_keras_metrics_match_hand_values_with_zero_label_row():
 
 
 def test_f1_from_logits_config_round_trip():
-    metric = M.F1FromLogits(5)
-    clone = M.F1FromLogits.from_config(metric.get_config())
+    metric = keras_metrics.F1FromLogits(5)
+    clone = keras_metrics.F1FromLogits.from_config(metric.get_config())
     assert (clone.num_classes, clone.name, clone.threshold, clone.average) == (5, "macro_f1", 0.5, "macro")
+
+
+def _brute_force_threshold(y, p, default=0.5):
+    """The definition: try every midpoint of [0, distinct probabilities], keep the best F1."""
+    edges = np.unique(np.r_[0.0, p])
+    candidates = (edges[:-1] + edges[1:]) / 2.0 if edges.size > 1 else np.array([default])
+    f1 = []
+    for c in candidates:
+        pred, pos = p > c, y > 0
+        denominator = pred.sum() + pos.sum()
+        f1.append(2 * (pred & pos).sum() / denominator if denominator else 0.0)
+    f1 = np.array(f1)
+    best = np.flatnonzero(f1 >= f1.max() - 1e-12)
+    return candidates[best[np.argmin(np.abs(candidates[best] - default))]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sorted_threshold_sweep_matches_trying_every_candidate(seed):
+    rng = np.random.default_rng(seed)
+    n = 200
+    y = (rng.random((n, 3)) < [0.1, 0.4, 0.7]).astype(int)
+    # Rounded scores give ties; some exact zeros and ones test the ends of the range.
+    p = np.clip(np.round(0.6 * y + 0.5 * rng.random((n, 3)) - 0.1, 2), 0, 1)
+    tuned, _ = M.tune_thresholds(y, p)
+    expected = [_brute_force_threshold(y[:, j], p[:, j]) for j in range(3)]
+    np.testing.assert_allclose(tuned, expected)

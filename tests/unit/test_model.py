@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from job import model as M
 from job.errors import UserError
+from job.training import model as M
 
 NUM_CLASSES = 5
 

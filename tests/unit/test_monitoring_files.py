@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prometheus_server import in_ci, require_tool  # noqa: E402
+from prometheus_server import require_tool  # noqa: E402
 
 from job.telemetry import DriverTelemetry, WorkerTelemetry  # noqa: E402
 

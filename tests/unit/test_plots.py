@@ -1,4 +1,4 @@
-"""job.plots: every figure renders headless to a PNG of the expected size, and marks what it should."""
+"""job.evaluation.plots: every figure renders headless to a PNG of the expected size, and marks what it should."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from job import plots
+from job.evaluation import plots
 
 NAMES = ["desert", "mountains", "sea", "sunset", "trees"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

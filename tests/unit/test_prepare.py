@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from job import records
+from job.data import shards
+from job.data.prepare import PrepareOptions, parse_classes, prepare_dataset, read_rows
+from job.data.validate import validate_dataset
 from job.errors import UserError
-from job.prepare import PrepareOptions, parse_classes, prepare_dataset, read_rows
-from job.validate import validate_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,12 +78,12 @@ def test_output_validates_with_full_hash_and_counts_match_csv(source, tmp_path, 
 
     report = validate_dataset(str(out), full_hash=True, sample_records=100)
     assert report.ok, report.render()
-    manifest = records.load_manifest(str(out))
+    manifest = shards.load_manifest(str(out))
     assert manifest.format == fmt
     assert manifest.class_names == ["sea", "sunset", "trees"]  # sorted unique names
-    assert sum(manifest.num_examples(s) for s in records.SPLITS) == len(ROWS) == result.num_images
+    assert sum(manifest.num_examples(s) for s in shards.SPLITS) == len(ROWS) == result.num_images
     assert len(manifest.splits["train"]) == 2
-    total = np.sum([manifest.label_counts(s) for s in records.SPLITS], axis=0).tolist()
+    total = np.sum([manifest.label_counts(s) for s in shards.SPLITS], axis=0).tolist()
     assert total == _expected_counts(ROWS, manifest.class_names)
     assert result.skipped == []
 
@@ -92,10 +92,10 @@ def test_images_pass_through_byte_for_byte_with_ids_and_labels(source, tmp_path)
     images, _ = source
     out = tmp_path / "ds"
     _prepare(source, out, fmt="parquet")
-    manifest = records.load_manifest(str(out))
+    manifest = shards.load_manifest(str(out))
     seen = {}
-    for split in records.SPLITS:
-        for _, example in records.read_split(str(out), manifest, split):
+    for split in shards.SPLITS:
+        for _, example in shards.read_split(str(out), manifest, split):
             seen[example.id] = example
     assert sorted(seen) == sorted(name for name, _ in ROWS)
     for name, labels in ROWS:
@@ -108,16 +108,16 @@ def test_images_pass_through_byte_for_byte_with_ids_and_labels(source, tmp_path)
 def test_classes_option_sets_the_order_and_keeps_unused_classes(source, tmp_path):
     out = tmp_path / "ds"
     _prepare(source, out, classes=("trees", "sunset", "sea", "desert"))
-    manifest = records.load_manifest(str(out))
+    manifest = shards.load_manifest(str(out))
     assert manifest.class_names == ["trees", "sunset", "sea", "desert"]
-    total = np.sum([manifest.label_counts(s) for s in records.SPLITS], axis=0).tolist()
+    total = np.sum([manifest.label_counts(s) for s in shards.SPLITS], axis=0).tolist()
     assert total == _expected_counts(ROWS, manifest.class_names)
     assert total[3] == 0
 
 
 def test_same_seed_same_shards_other_seed_other_split(source, tmp_path):
     def shard_hashes(out):
-        manifest = records.load_manifest(str(out))
+        manifest = shards.load_manifest(str(out))
         return {split: [s.sha256 for s in shards] for split, shards in manifest.splits.items()}
 
     _prepare(source, tmp_path / "a", seed=7)
@@ -130,8 +130,8 @@ def test_same_seed_same_shards_other_seed_other_split(source, tmp_path):
 def test_split_fractions_are_respected(source, tmp_path):
     out = tmp_path / "ds"
     _prepare(source, out, val_fraction=0.25, test_fraction=0.1)
-    manifest = records.load_manifest(str(out))
-    assert [manifest.num_examples(s) for s in records.SPLITS] == [13, 5, 2]
+    manifest = shards.load_manifest(str(out))
+    assert [manifest.num_examples(s) for s in shards.SPLITS] == [13, 5, 2]
 
 
 def test_target_shard_mb_sets_the_train_shard_count(source, tmp_path):
@@ -140,26 +140,26 @@ def test_target_shard_mb_sets_the_train_shard_count(source, tmp_path):
     out = tmp_path / "ds"
     # About a third of all bytes per shard -> the train split (70 %) needs 2 or 3 shards.
     _prepare(source, out, target_shard_mb=train_bytes_upper / 3 / 1e6)
-    shards = records.load_manifest(str(out)).splits["train"]
-    assert len(shards) in (2, 3)
-    assert max(s.size_bytes for s in shards) < train_bytes_upper / 2
+    train_shards = shards.load_manifest(str(out)).splits["train"]
+    assert len(train_shards) in (2, 3)
+    assert max(s.size_bytes for s in train_shards) < train_bytes_upper / 2
 
 
 def test_manifest_names_the_encodings_in_the_shards(source, tmp_path):
     # The source folder holds PNGs and JPEGs: pass-through keeps both, --reencode makes JPEGs.
     _prepare(source, tmp_path / "kept", fmt="tfrecord")
-    assert records.load_manifest(str(tmp_path / "kept")).image_encoding == "jpeg+png"
+    assert shards.load_manifest(str(tmp_path / "kept")).image_encoding == "jpeg+png"
     _prepare(source, tmp_path / "jpeg", fmt="tfrecord", reencode=True)
-    assert records.load_manifest(str(tmp_path / "jpeg")).image_encoding == "jpeg"
+    assert shards.load_manifest(str(tmp_path / "jpeg")).image_encoding == "jpeg"
 
 
 def test_reencode_resizes_to_jpeg(source, tmp_path):
     out = tmp_path / "ds"
     _prepare(source, out, reencode=True, image_size=8, jpeg_quality=80, fmt="parquet")
-    manifest = records.load_manifest(str(out))
+    manifest = shards.load_manifest(str(out))
     assert validate_dataset(str(out), full_hash=True).ok
-    for split in records.SPLITS:
-        for _, example in records.read_split(str(out), manifest, split):
+    for split in shards.SPLITS:
+        for _, example in shards.read_split(str(out), manifest, split):
             with Image.open(io.BytesIO(example.image)) as im:
                 assert im.format == "JPEG"
                 assert min(im.size) == 8 and im.size == (12, 8)  # 24x16 -> shorter side 8, aspect kept
@@ -181,8 +181,8 @@ def test_reencode_flattens_transparency_and_converts_other_formats(tmp_path):
     # ... but re-encodes fine, and a transparent pixel becomes white, not black.
     prepare_dataset(str(images), str(tmp_path / "l.csv"), str(out),
                     PrepareOptions(val_fraction=0.34, test_fraction=0.0, reencode=True), progress=False)
-    manifest = records.load_manifest(str(out))
-    found = {e.id: e.image for s in records.SPLITS for _, e in records.read_split(str(out), manifest, s)}
+    manifest = shards.load_manifest(str(out))
+    found = {e.id: e.image for s in shards.SPLITS for _, e in shards.read_split(str(out), manifest, s)}
     clear = np.asarray(Image.open(io.BytesIO(found["clear.png"])).convert("RGB"))
     assert clear.min() > 240
 
@@ -246,10 +246,10 @@ def test_skip_bad_rows_reports_the_count_and_writes_the_rest(source, tmp_path):
     result = _prepare(source, out, classes=("sea", "sunset", "trees"), skip_bad_rows=True)
     assert [b.number for b in result.skipped] == [4, 7, 10]
     assert validate_dataset(str(out), full_hash=True).ok
-    manifest = records.load_manifest(str(out))
+    manifest = shards.load_manifest(str(out))
     kept = [r for i, r in enumerate(rows) if i + 2 not in (4, 7, 10)]
-    assert sum(manifest.num_examples(s) for s in records.SPLITS) == len(kept) == 17
-    total = np.sum([manifest.label_counts(s) for s in records.SPLITS], axis=0).tolist()
+    assert sum(manifest.num_examples(s) for s in shards.SPLITS) == len(kept) == 17
+    total = np.sum([manifest.label_counts(s) for s in shards.SPLITS], axis=0).tolist()
     assert total == _expected_counts(kept, manifest.class_names)
     assert manifest.source["prepare"]["skipped_rows"] == [4, 7, 10]
 
@@ -260,7 +260,7 @@ def test_without_classes_an_unknown_label_is_a_new_class(source, tmp_path):
     rows[0] = (rows[0][0], "volcano")
     _write_csv(csv_path, rows)
     _prepare(source, tmp_path / "ds")
-    assert records.load_manifest(str(tmp_path / "ds")).class_names == ["sea", "sunset", "trees", "volcano"]
+    assert shards.load_manifest(str(tmp_path / "ds")).class_names == ["sea", "sunset", "trees", "volcano"]
 
 
 def test_repeated_image_is_a_bad_row(source):

@@ -13,10 +13,10 @@ import os
 import numpy as np
 import pytest
 
-from job import datasets, records
+from job.data import shards, splits
+from job.data.shards import DatasetError, Example
+from job.data.synthetic import encode_jpeg
 from job.errors import UserError
-from job.records import DatasetError, Example
-from job.synthetic import encode_jpeg
 
 CLASSES = ["sea", "sunset", "trees"]
 
@@ -32,21 +32,21 @@ def _examples(n: int, k: int = len(CLASSES), seed: int = 0, prefix: str = "ex") 
     return out
 
 
-def _write_set(root: str, fmt: str, sizes=None, shards=None) -> tuple[records.Manifest, dict[str, list[Example]]]:
+def _write_set(root: str, fmt: str, sizes=None, shard_counts=None) -> tuple[shards.Manifest, dict[str, list[Example]]]:
     sizes = sizes or {"train": 10, "val": 4, "test": 3}
-    shards = shards or {"train": 3, "val": 2, "test": 1}
+    shard_counts = shard_counts or {"train": 3, "val": 2, "test": 1}
     written, data = {}, {}
-    for offset, split in enumerate(records.SPLITS):
+    for offset, split in enumerate(shards.SPLITS):
         data[split] = _examples(sizes[split], seed=offset, prefix=split)
-        written[split] = records.write_split(root, split, iter(data[split]), sizes[split], shards[split], fmt,
+        written[split] = shards.write_split(root, split, iter(data[split]), sizes[split], shard_counts[split], fmt,
                                              len(CLASSES))
-    manifest = records.Manifest(format=fmt, class_names=list(CLASSES), splits=written, source={"test": True})
-    records.write_manifest(root, manifest)
+    manifest = shards.Manifest(format=fmt, class_names=list(CLASSES), splits=written, source={"test": True})
+    shards.write_manifest(root, manifest)
     return manifest, data
 
 
 def _tfrecord_bytes(n: int = 4) -> bytes:
-    return records.encode_shard(_examples(n), "tfrecord")
+    return shards.encode_shard(_examples(n), "tfrecord")
 
 
 def _record_offsets(data: bytes) -> list[tuple[int, int]]:
@@ -62,16 +62,16 @@ def _record_offsets(data: bytes) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------------- round trip
 
 
-@pytest.mark.parametrize("fmt", records.FORMATS)
+@pytest.mark.parametrize("fmt", shards.FORMATS)
 def test_write_then_read_round_trip(tmp_path, fmt):
     root = str(tmp_path / "ds")
     manifest, data = _write_set(root, fmt)
-    loaded = records.load_manifest(root)
+    loaded = shards.load_manifest(root)
     assert loaded == manifest
     assert loaded.format == fmt
     assert loaded.class_names == CLASSES
-    for split in records.SPLITS:
-        got = [ex for _, ex in records.read_split(root, loaded, split)]
+    for split in shards.SPLITS:
+        got = [ex for _, ex in shards.read_split(root, loaded, split)]
         want = data[split]
         assert [e.id for e in got] == [e.id for e in want]
         assert [e.image for e in got] == [e.image for e in want]
@@ -79,11 +79,11 @@ def test_write_then_read_round_trip(tmp_path, fmt):
         assert loaded.num_examples(split) == len(want)
 
 
-@pytest.mark.parametrize("fmt", records.FORMATS)
+@pytest.mark.parametrize("fmt", shards.FORMATS)
 def test_read_split_names_the_shard_of_each_example(tmp_path, fmt):
     root = str(tmp_path / "ds")
     manifest, _ = _write_set(root, fmt)
-    uris = [uri for uri, _ in records.read_split(root, manifest, "train")]
+    uris = [uri for uri, _ in shards.read_split(root, manifest, "train")]
     # 10 examples over 3 shards: 4, 3, 3, in shard order.
     expected = manifest.shard_uris(root, "train")
     assert uris == [expected[0]] * 4 + [expected[1]] * 3 + [expected[2]] * 3
@@ -92,19 +92,19 @@ def test_read_split_names_the_shard_of_each_example(tmp_path, fmt):
 def test_read_labels_matches_written_labels(tmp_path):
     root = str(tmp_path / "ds")
     manifest, data = _write_set(root, "parquet")
-    labels = records.read_labels(root, manifest, "train")
+    labels = shards.read_labels(root, manifest, "train")
     assert labels.shape == (10, len(CLASSES))
     assert labels.tolist() == [e.labels.tolist() for e in data["train"]]
-    assert records.read_labels(root, manifest, "train", limit=3).shape == (3, len(CLASSES))
+    assert shards.read_labels(root, manifest, "train", limit=3).shape == (3, len(CLASSES))
 
 
 # ---------------------------------------------------------------------------- layout
 
 
-@pytest.mark.parametrize("fmt", records.FORMATS)
+@pytest.mark.parametrize("fmt", shards.FORMATS)
 def test_shard_names_and_even_sizes(tmp_path, fmt):
     root = str(tmp_path / "ds")
-    manifest, _ = _write_set(root, fmt, sizes={"train": 10, "val": 4, "test": 3}, shards={"train": 3, "val": 2, "test": 8})
+    manifest, _ = _write_set(root, fmt, sizes={"train": 10, "val": 4, "test": 3}, shard_counts={"train": 3, "val": 2, "test": 8})
     assert sorted(os.listdir(os.path.join(root, "train"))) == [
         f"part-00000-of-00003.{fmt}", f"part-00001-of-00003.{fmt}", f"part-00002-of-00003.{fmt}"]
     assert [s.num_examples for s in manifest.splits["train"]] == [4, 3, 3]
@@ -116,19 +116,19 @@ def test_shard_names_and_even_sizes(tmp_path, fmt):
     assert os.path.isfile(os.path.join(root, "dataset.json"))
 
 
-@pytest.mark.parametrize("total, shards, expected", [
+@pytest.mark.parametrize("total, num_shards, expected", [
     (10, 3, [4, 3, 3]), (9, 3, [3, 3, 3]), (7, 4, [2, 2, 2, 1]), (5, 1, [5]), (2, 2, [1, 1])])
-def test_split_counts_are_even_and_larger_first(total, shards, expected):
-    counts = records.split_counts(total, shards)
+def test_split_counts_are_even_and_larger_first(total, num_shards, expected):
+    counts = shards.split_counts(total, num_shards)
     assert counts == expected
     assert sum(counts) == total and max(counts) - min(counts) <= 1
 
 
 def test_shard_name_format():
-    assert records.shard_name(7, 120, "tfrecord") == "part-00007-of-00120.tfrecord"
+    assert shards.shard_name(7, 120, "tfrecord") == "part-00007-of-00120.tfrecord"
 
 
-@pytest.mark.parametrize("fmt", records.FORMATS)
+@pytest.mark.parametrize("fmt", shards.FORMATS)
 def test_manifest_sha256_and_size_match_the_files(tmp_path, fmt):
     root = str(tmp_path / "ds")
     _write_set(root, fmt)
@@ -146,7 +146,7 @@ def test_manifest_sha256_and_size_match_the_files(tmp_path, fmt):
 def test_label_counts_per_shard_and_per_split(tmp_path):
     root = str(tmp_path / "ds")
     manifest, data = _write_set(root, "tfrecord")
-    for split in records.SPLITS:
+    for split in shards.SPLITS:
         expected = np.stack([e.labels for e in data[split]]).sum(axis=0).tolist()
         assert manifest.label_counts(split) == expected
         # Per-shard counts add up to the split's, and are saved in dataset.json.
@@ -160,23 +160,23 @@ def test_label_counts_per_shard_and_per_split(tmp_path):
 # ---------------------------------------------------------------------------- refused at write time
 
 
-@pytest.mark.parametrize("fmt", records.FORMATS)
+@pytest.mark.parametrize("fmt", shards.FORMATS)
 def test_label_width_mismatch_is_refused_naming_the_example(tmp_path, fmt):
     examples = _examples(3) + [Example(id="too-wide", image=b"x", labels=np.array([0, 1, 0, 1]))]
     with pytest.raises(DatasetError, match=r"too-wide has 4 labels, expected 3"):
-        records.write_split(str(tmp_path / "ds"), "train", iter(examples), 4, 1, fmt, 3)
+        shards.write_split(str(tmp_path / "ds"), "train", iter(examples), 4, 1, fmt, 3)
 
 
 @pytest.mark.parametrize("bad", [[0, 2, 1], [0, -1, 0], [0.5, 0, 1]])
 def test_non_binary_labels_are_refused(tmp_path, bad):
     examples = [Example(id="odd", image=b"x", labels=np.array(bad))]
     with pytest.raises(DatasetError, match="odd has label values other than 0/1"):
-        records.write_split(str(tmp_path / "ds"), "train", iter(examples), 1, 1, "parquet", 3)
+        shards.write_split(str(tmp_path / "ds"), "train", iter(examples), 1, 1, "parquet", 3)
 
 
 def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(UserError, match="Unknown shard format 'csv'"):
-        records.write_split(str(tmp_path / "ds"), "train", iter(_examples(2)), 2, 1, "csv", 3)
+        shards.write_split(str(tmp_path / "ds"), "train", iter(_examples(2)), 2, 1, "csv", 3)
 
 
 # ---------------------------------------------------------------------------- manifest errors
@@ -186,7 +186,7 @@ def test_folder_without_manifest_says_how_to_create_one(tmp_path):
     root = str(tmp_path / "empty")
     os.makedirs(root)
     with pytest.raises(DatasetError) as info:
-        records.load_manifest(root)
+        shards.load_manifest(root)
     message = str(info.value)
     assert "No dataset.json" in message and root in message
     assert "python -m job synth" in message
@@ -198,7 +198,7 @@ def test_malformed_json_is_a_dataset_error(tmp_path):
     root.mkdir()
     (root / "dataset.json").write_text('{"format_version": 1, "format": ')
     with pytest.raises(DatasetError) as info:
-        records.load_manifest(str(root))
+        shards.load_manifest(str(root))
     message = str(info.value)
     assert "dataset.json" in message
     assert "not valid JSON" in message
@@ -213,9 +213,9 @@ def test_wrong_format_version_names_both_versions(tmp_path):
     obj["format_version"] = 7
     path.write_text(json.dumps(obj))
     with pytest.raises(DatasetError) as info:
-        records.load_manifest(root)
+        shards.load_manifest(root)
     message = str(info.value)
-    assert "format_version 7" in message and f"version {records.FORMAT_VERSION}" in message
+    assert "format_version 7" in message and f"version {shards.FORMAT_VERSION}" in message
     assert "python -m job prepare" in message
 
 
@@ -231,7 +231,7 @@ def test_manifest_with_wrong_structure_is_a_dataset_error(tmp_path, obj, fragmen
     root.mkdir()
     (root / "dataset.json").write_text(json.dumps(obj))
     with pytest.raises(DatasetError, match=fragment) as info:
-        records.load_manifest(str(root))
+        shards.load_manifest(str(root))
     assert "dataset.json" in str(info.value)
 
 
@@ -245,15 +245,15 @@ def test_split_tfrecord_matches_tensorflow(tmp_path):
     path = tmp_path / "s.tfrecord"
     path.write_bytes(data)
     expected = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
-    got = records.split_tfrecord(data, "s.tfrecord")
+    got = shards.split_tfrecord(data, "s.tfrecord")
     assert len(expected) == 5
     assert got == expected
     # Each record parses back into the example that was written.
-    assert [records.parse_tfrecord_example(r, "x").id for r in got] == [f"ex-{i:03d}" for i in range(5)]
+    assert [shards.parse_tfrecord_example(r, "x").id for r in got] == [f"ex-{i:03d}" for i in range(5)]
 
 
 def test_split_tfrecord_of_an_empty_file_is_empty():
-    assert records.split_tfrecord(b"", "empty.tfrecord") == []
+    assert shards.split_tfrecord(b"", "empty.tfrecord") == []
 
 
 @pytest.mark.parametrize("where_in_record, kind", [
@@ -267,7 +267,7 @@ def test_split_tfrecord_on_a_truncated_file_names_the_shard(where_in_record, kin
     cut = start + where_in_record if where_in_record >= 0 else start + 12 + length + 4 + where_in_record
     where = "s3://bucket/ds/train/part-00001-of-00004.tfrecord"
     with pytest.raises(DatasetError) as info:
-        records.split_tfrecord(data[:cut], where)
+        shards.split_tfrecord(data[:cut], where)
     message = str(info.value)
     assert where in message
     assert "truncated at record 2" in message
@@ -281,7 +281,7 @@ def test_read_shard_on_a_flipped_byte_names_the_record(tmp_path):
     where = "train/part-00000-of-00001.tfrecord"
     got = []
     with pytest.raises(DatasetError) as info:
-        for example in records.read_shard(bytes(data), "tfrecord", where):
+        for example in shards.read_shard(bytes(data), "tfrecord", where):
             got.append(example.id)
     message = str(info.value)
     assert where in message
@@ -296,34 +296,34 @@ def test_read_shard_on_a_truncated_tfrecord_raises(where_in_record):
     data = _tfrecord_bytes(4)
     start, _ = _record_offsets(data)[2]
     with pytest.raises(DatasetError, match=r"part-00003-of-00004\.tfrecord.*record 2"):
-        list(records.read_shard(data[:start + where_in_record], "tfrecord", "val/part-00003-of-00004.tfrecord"))
+        list(shards.read_shard(data[:start + where_in_record], "tfrecord", "val/part-00003-of-00004.tfrecord"))
 
 
 def test_read_shard_on_an_unreadable_parquet_file():
-    data = records.encode_shard(_examples(3), "parquet")
+    data = shards.encode_shard(_examples(3), "parquet")
     with pytest.raises(DatasetError, match=r"train/part-00000-of-00001\.parquet is not a readable Parquet"):
-        list(records.read_shard(data[: len(data) // 2], "parquet", "train/part-00000-of-00001.parquet"))
+        list(shards.read_shard(data[: len(data) // 2], "parquet", "train/part-00000-of-00001.parquet"))
 
 
 # ---------------------------------------------------------------------------- splits
 
 
 def test_assign_splits_is_deterministic_disjoint_and_complete():
-    a = datasets.assign_splits(100, 0.15, 0.1, seed=3)
-    b = datasets.assign_splits(100, 0.15, 0.1, seed=3)
+    a = splits.assign_splits(100, 0.15, 0.1, seed=3)
+    b = splits.assign_splits(100, 0.15, 0.1, seed=3)
     for name in ("train", "val", "test"):
         assert a[name].tolist() == b[name].tolist()
         assert a[name].tolist() == sorted(a[name].tolist())
     assert (len(a["val"]), len(a["test"]), len(a["train"])) == (15, 10, 75)
     union = np.concatenate([a["train"], a["val"], a["test"]])
     assert sorted(union.tolist()) == list(range(100))  # disjoint and covering
-    other = datasets.assign_splits(100, 0.15, 0.1, seed=4)
+    other = splits.assign_splits(100, 0.15, 0.1, seed=4)
     assert other["val"].tolist() != a["val"].tolist()
 
 
 def test_assign_splits_allows_an_empty_test_split():
-    splits = datasets.assign_splits(10, 0.2, 0.0, seed=0)
-    assert len(splits["test"]) == 0 and len(splits["val"]) == 2 and len(splits["train"]) == 8
+    assigned = splits.assign_splits(10, 0.2, 0.0, seed=0)
+    assert len(assigned["test"]) == 0 and len(assigned["val"]) == 2 and len(assigned["train"]) == 8
 
 
 @pytest.mark.parametrize("val, test, fragment", [
@@ -334,7 +334,7 @@ def test_assign_splits_allows_an_empty_test_split():
 ])
 def test_assign_splits_rejects_bad_fractions(val, test, fragment):
     with pytest.raises(UserError) as info:
-        datasets.assign_splits(100, val, test, seed=0)
+        splits.assign_splits(100, val, test, seed=0)
     assert fragment in str(info.value)
 
 
@@ -345,4 +345,4 @@ def test_assign_splits_rejects_bad_fractions(val, test, fragment):
 ])
 def test_assign_splits_rejects_empty_splits(n, val, test, empty):
     with pytest.raises(UserError, match=f"leave the {empty} split empty"):
-        datasets.assign_splits(n, val, test, seed=0)
+        splits.assign_splits(n, val, test, seed=0)

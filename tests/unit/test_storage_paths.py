@@ -9,12 +9,13 @@ import pytest
 
 from job import storage
 from job.storage import S3Settings, StorageError
+from job.storage import client as storage_client
 
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
     """No S3 settings at all, no ~/.aws files, no instance metadata lookups."""
-    for name in storage._SETTINGS_ENV:
+    for name in storage_client._SETTINGS_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))

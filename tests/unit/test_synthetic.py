@@ -6,16 +6,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from job.errors import UserError
-from job.labels import DEFAULT_CLASS_NAMES, find_correlated_pairs, format_label_analysis
-from job.synthetic import (
+from job.data.labels import (
+    DEFAULT_CLASS_NAMES,
+    find_correlated_pairs,
+    format_label_analysis,
+)
+from job.data.scenes import draw_scene
+from job.data.synthetic import (
     SceneSpec,
-    draw_scene,
     encode_jpeg,
     generate,
     parse_pair,
     sample_labels,
 )
+from job.errors import UserError
 
 SEA, SUNSET, TREES = 2, 3, 4
 
