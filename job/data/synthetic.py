@@ -5,14 +5,8 @@ seconds, that a small CNN learns at 64 px on a CPU, and whose label correlations
 (`SceneSpec.pairs`), so the "sea and sunset always together" question from the user's story
 can be reproduced on purpose.
 
-Each label has its own visible signature and labels combine in one picture:
-
-- sky: a blue gradient by default; `sunset` makes it purple -> red -> orange with a low sun;
-- `mountains`: grey/brown jagged peaks on the horizon, sometimes snow-capped;
-- `sea`: a blue band below the horizon with light wave strokes;
-- `desert`: sandy yellow ground with dune curves (with `sea` the ground splits: a beach);
-- `trees`: green canopies on brown trunks, standing on land;
-- otherwise the ground is a dull olive steppe that carries no label.
+Each label has its own visible signature and labels combine in one picture (`scenes.py`
+draws them).
 
 Positions, sizes and colours are jittered and a little noise is added, so the task is not
 trivial. numpy and PIL only: no TensorFlow here.

@@ -12,23 +12,8 @@ through boto3 (one place for retries, timeouts, error messages and retry countin
 ``arrow_filesystem`` hands Ray Data and Ray Train a ``pyarrow.fs`` filesystem built from the
 same settings. Local paths use plain Python.
 
-Settings come only from the environment or the IAM role chain, never from the product's
-config files:
-
-- ``S3_ENDPOINT_URL`` (falling back to ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``) for
-  MinIO, moto and other S3-compatible servers; unset means AWS S3.
-- ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, or the AWS
-  credential chain: IRSA web identity on EKS, container credentials, the instance profile.
-  (The chain also honours ``~/.aws`` profiles, like every AWS tool.)
-- ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (default ``us-east-1``).
-- ``S3_MAX_ATTEMPTS``: attempts per request, retries included (default 8).
-
-Clients are cached per process and per settings; a change to any of the variables above
-is picked up on the next call, and ``reset_clients()`` drops the caches explicitly.
-
-``retry_count()`` counts boto3's retries only. pyarrow's S3 client (used by Ray Data and
-Ray Train through ``arrow_filesystem``) retries inside the AWS C++ SDK, which exposes no
-counter, so those retries cannot be counted.
+Settings (endpoint, credentials, region, attempts) come only from the environment or the IAM
+role chain, never from config files; `client.py` lists them.
 """
 
 
