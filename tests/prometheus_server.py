@@ -2,11 +2,11 @@
 
 Reusable by any test (telemetry scrape, a real 2-worker Ray run)::
 
-    from prometheus_server import PrometheusServer, require_tool
+    from tests.prometheus_server import PrometheusServer, require_tool
     with PrometheusServer.start(tmp_path, {"workers": ["127.0.0.1:9401"]}) as prom:
         prom.wait_for("multilabel_train_steps_total", lambda r: len(r) == 2, timeout_seconds=30)
 
-Import it by putting ``tests/`` on ``sys.path`` (the tests have no package ``__init__``).
+Import it as ``tests.prometheus_server`` (pyproject puts the repository root on the path).
 
 Tools come from Debian's ``prometheus`` package. When they are missing the tests skip, unless
 ``CI=true``: there ``.ci/run`` installs them, so a missing tool is a broken CI image and fails.
@@ -15,7 +15,6 @@ Tools come from Debian's ``prometheus`` package. When they are missing the tests
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -29,11 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pytest
 import yaml
 
-
-def in_ci() -> bool:
-    """True when running under CI (``CI=true``), where missing tools are failures."""
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
+from tests.cli import require
 
 INSTALL_HINTS = {
     "prometheus": "Debian: `apt-get install -y prometheus`, which also brings promtool; .ci/run does this",
@@ -47,10 +42,7 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"`{name}` is not installed ({INSTALL_HINTS.get(name, 'install it')})"
-    if in_ci():
-        pytest.fail(f"CI=true but {message}", pytrace=False)
-    pytest.skip(message)
+    require(False, f"`{name}` is not installed ({INSTALL_HINTS.get(name, 'install it')})")
     raise AssertionError("unreachable")  # for type checkers
 
 

@@ -218,6 +218,11 @@ def cooccurrence_heatmap(y: np.ndarray, class_names: Sequence[str], title: str =
 
 
 def history_curves(history: Sequence[dict], title: str = "Training history", best_epoch: int | None = None) -> bytes:
+    """history.png: loss, macro-F1 and learning rate per epoch (see `history_figure`)."""
+    return _png(history_figure(history, title, best_epoch))
+
+
+def history_figure(history: Sequence[dict], title: str = "Training history", best_epoch: int | None = None) -> Figure:
     """Loss/val_loss, macro-F1 (train and val) and learning rate per epoch.
 
     Args:
@@ -226,7 +231,7 @@ def history_curves(history: Sequence[dict], title: str = "Training history", bes
         title: figure title.
         best_epoch: the evaluated checkpoint's epoch, marked with a dashed line.
     Returns:
-        PNG bytes.
+        The figure, with the loss, macro-F1 and learning-rate panels as its first three axes.
     """
     rows = [r for r in history if "epoch" in r]
     epochs = [r["epoch"] for r in rows]
@@ -270,7 +275,7 @@ def history_curves(history: Sequence[dict], title: str = "Training history", bes
         axes[2].ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     fig.suptitle(f"{title} ({len(epochs)} epochs)", fontsize=13)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def _epoch_ticks(epochs: list[int]) -> list[int]:

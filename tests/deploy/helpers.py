@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
+from tests.cli import require
 
 REPO = Path(__file__).resolve().parents[2]
 # CI clones the repo into a folder with shared/ beside it; the CRD schemas live there.
@@ -22,8 +22,7 @@ def target_dir(name: str) -> Path:
 
 def render(name: str) -> str:
     """`kubectl kustomize` of k8s/base or k8s/overlays/NAME, as YAML text."""
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed: run scripts/install_deploy_tools.sh (it explains how)")
+    require(shutil.which("kubectl"), "kubectl is not installed: run scripts/install_deploy_tools.sh (it explains how)")
     proc = subprocess.run(
         ["kubectl", "kustomize", str(target_dir(name))],
         capture_output=True, text=True, timeout=120,

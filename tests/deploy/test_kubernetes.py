@@ -8,8 +8,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
+
+from job import config
+from tests.cli import require
 
 from .helpers import (
     OVERLAYS,
@@ -51,7 +56,6 @@ def test_target_renders_the_job(rendered, target):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_core_objects_are_valid_kubernetes(rendered, target):
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     checked = 0
     for doc in rendered[target]:
         if doc["kind"] in CUSTOM_KINDS:
@@ -94,10 +98,8 @@ def _closed(schema: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_custom_resources_match_their_crd_schema(rendered, target):
-    if not SCHEMAS.is_dir():
-        pytest.skip(f"CRD schemas not found at {SCHEMAS} (shared/schemas beside the repo); "
-                    "cannot validate RayJob/PodMonitor/PrometheusRule")
-    jsonschema = pytest.importorskip("jsonschema")
+    require(SCHEMAS.is_dir(), f"CRD schemas not found at {SCHEMAS} (shared/schemas beside the repo); "
+                              "cannot validate RayJob/PodMonitor/PrometheusRule")
     custom = [d for d in rendered[target] if d["kind"] in CUSTOM_KINDS]
     assert {d["kind"] for d in custom} >= {"RayJob", "PodMonitor", "PrometheusRule"}
     for doc in custom:
@@ -109,9 +111,7 @@ def test_custom_resources_match_their_crd_schema(rendered, target):
 
 def test_crd_validation_catches_a_misspelt_field(rendered):
     """The CRD check above must be able to fail."""
-    if not SCHEMAS.is_dir():
-        pytest.skip(f"CRD schemas not found at {SCHEMAS}")
-    jsonschema = pytest.importorskip("jsonschema")
+    require(SCHEMAS.is_dir(), f"CRD schemas not found at {SCHEMAS}")
     rayjob = copy.deepcopy(one(rendered["base"], "RayJob"))
     rayjob["spec"]["shutdownAfterJobFinish"] = True
     rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "x"
@@ -241,7 +241,6 @@ def test_rayjob_config_file_is_the_mounted_configmap(rendered, target):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_rayjob_train_config_loads_with_the_job(rendered, target, tmp_path):
-    config = pytest.importorskip("job.config")
     rayjob = _rayjob(rendered, target)
     argv = rayjob["spec"]["entrypoint"].split()
     key = Path(argv[argv.index("--config") + 1]).name

@@ -6,11 +6,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
+import hcl2
 
 from .helpers import REPO
-
-hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 comes with the dev extras")
 
 INFRA = REPO / "infra"
 TF_FILES = sorted(INFRA.rglob("*.tf"))

@@ -11,14 +11,13 @@ import io
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from job import storage
-from tests.cli import run_cli
+from tests.cli import assert_clean_error, run_cli
 from tests.trained_run import shared_run
 
 pytestmark = pytest.mark.integration
@@ -37,14 +36,6 @@ PNG_SIZES = {"predictions.png": (1320, 1370), "per_label.png": (1600, 750), "coo
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     return shared_run(tmp_path_factory)
-
-
-def assert_clean_error(done: subprocess.CompletedProcess, *words: str) -> None:
-    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-    assert "error: " in done.stderr
-    for word in words:
-        assert word in done.stderr, done.stderr[-2000:]
 
 
 def check_outputs(read, exists) -> dict:

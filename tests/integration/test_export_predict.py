@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import assert_clean_error, run_cli
 from tests.trained_run import shared_run
 
 pytestmark = pytest.mark.integration
@@ -23,13 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["desert", "mountains", "sea", "sunset", "trees"]
 
 
-
-
-def assert_clean_error(done: subprocess.CompletedProcess, *words: str) -> None:
-    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
-    for word in words:
-        assert word in done.stderr, done.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")

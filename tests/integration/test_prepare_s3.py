@@ -6,28 +6,18 @@ as subprocesses that inherit the server's S3_ENDPOINT_URL and dummy keys.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from job import storage
 from job.data import shards
+from tests.cli import run_cli
 
 pytestmark = pytest.mark.integration
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LABELS = ["sea", "sea sunset", "trees", "", "sunset trees", "sea", "trees", "sunset", "sea trees", "sunset",
           "sea", "trees"]
-
-
-def _job(*args, timeout=180):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "job", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 @pytest.fixture
@@ -48,7 +38,7 @@ def source(tmp_path):
 def test_prepare_to_s3_then_validate_full_hash(source, bucket, fmt):
     images, csv_path = source
     uri = f"s3://{bucket}/datasets/mine"
-    proc = _job("prepare", "--images", images, "--labels", csv_path, "--out", uri, "--format", fmt,
+    proc = run_cli("prepare", "--images", images, "--labels", csv_path, "--out", uri, "--format", fmt,
                 "--num-shards", "2", "--val-fraction", "0.25", "--test-fraction", "0.25", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {len(LABELS)} images (train 6, val 3, test 3) with 3 classes" in proc.stdout
@@ -59,7 +49,7 @@ def test_prepare_to_s3_then_validate_full_hash(source, bucket, fmt):
     manifest = shards.load_manifest(uri)
     assert manifest.class_names == ["sea", "sunset", "trees"]
 
-    proc = _job("validate", uri, "--full-hash", "--quiet", "--sample-records", "100")
+    proc = run_cli("validate", uri, "--full-hash", "--quiet", "--sample-records", "100")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{uri}: OK" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -67,7 +57,7 @@ def test_prepare_to_s3_then_validate_full_hash(source, bucket, fmt):
 
 def test_prepare_to_missing_bucket_fails_before_checking_images(source, s3_server):
     images, csv_path = source
-    proc = _job("prepare", "--images", images, "--labels", csv_path, "--out", "s3://no-such-bucket-xyz/ds",
+    proc = run_cli("prepare", "--images", images, "--labels", csv_path, "--out", "s3://no-such-bucket-xyz/ds",
                 "--quiet")
     assert proc.returncode == 1
     assert "bucket 'no-such-bucket-xyz' does not exist" in proc.stderr

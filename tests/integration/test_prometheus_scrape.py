@@ -7,15 +7,12 @@ the run state, every dashboard query, and the alert rules loaded and evaluated.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prometheus_server import PrometheusServer, free_port, values_by_label  # noqa: E402
-
-from job.telemetry import DriverTelemetry, WorkerTelemetry  # noqa: E402
+from job.telemetry import DriverTelemetry, WorkerTelemetry
+from tests.prometheus_server import PrometheusServer, free_port, values_by_label
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "alerts.rules.yml"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from job import storage
-from tests.cli import kill_group, run_cli, start_cli
+from job.storage.run_store import checkpoint_dir_name
+from job.training import checkpoints
+from tests.cli import assert_clean_error, kill_group, run_cli, start_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -146,12 +150,13 @@ def test_stopped_driver_resumes_where_it_left_off(data_bucket, tfrecord_data):
     proc = start_cli(*args)
     deadline = time.monotonic() + RUN_TIMEOUT
     try:
-        while time.monotonic() < deadline and 2 not in _checkpoint_epochs(run):
+        # The manifest is published last, so once it is there the epoch-2 checkpoint is whole.
+        manifest = storage.join(run, checkpoint_dir_name(2), checkpoints.MANIFEST)
+        while time.monotonic() < deadline and not storage.exists(manifest):
             if proc.poll() is not None:
                 pytest.fail(f"the run ended before epoch 2:\n{proc.stdout.read()[-3000:]}")
             time.sleep(1)
-        assert 2 in _checkpoint_epochs(run), "no epoch-2 checkpoint within the time limit"
-        time.sleep(2)  # let the manifest land
+        assert storage.exists(manifest), "no complete epoch-2 checkpoint within the time limit"
     finally:
         kill_group(proc)
     assert not storage.exists(storage.join(run, "metrics.json"))
@@ -165,19 +170,16 @@ def test_stopped_driver_resumes_where_it_left_off(data_bucket, tfrecord_data):
 def test_data_that_cannot_feed_the_workers_fails_before_training(data_bucket):
     data = f"s3://{data_bucket}/datasets/tiny"
     run_cli("synth", "--out", data, "--num-images", "30", "--quiet", timeout=120, check=True)
-    start = time.monotonic()
     result = _train(data, f"s3://{data_bucket}/runs/tiny", timeout=120)
-    assert result.returncode == 1
-    assert "fewer than one batch" in result.stderr and "scaling.num_workers" in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    assert time.monotonic() - start < 60
+    assert_clean_error(result, "fewer than one batch", "scaling.num_workers")
+    # Before training: no Ray was started and nothing was written.
+    assert "starting a local Ray" not in result.stdout + result.stderr
     assert not storage.list_files(f"s3://{data_bucket}/runs/tiny")
 
 
 def test_ray_job_submit_runs_on_a_started_cluster(data_bucket, tfrecord_data, tmp_path):
     """`ray start --head` + `ray job submit` with the README's entrypoint."""
     import os
-    import shutil
     import subprocess
     import sys
 
@@ -191,8 +193,12 @@ def test_ray_job_submit_runs_on_a_started_cluster(data_bucket, tfrecord_data, tm
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     dash_port = _free_port()
     gcs_port = _free_port()
+    # Its own temp folder marks this cluster's processes, so the test stops only those
+    # (`ray stop --force` would stop every Ray on the machine). Short: it holds unix sockets.
+    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
     subprocess.run([ray_bin, "start", "--head", f"--port={gcs_port}", "--num-cpus=4", "--include-dashboard=true",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--disable-usage-stats"],
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--disable-usage-stats",
+                    f"--temp-dir={temp_dir}"],
                    env=env, check=True, timeout=180, capture_output=True, text=True)
     try:
         run = f"s3://{data_bucket}/runs/submitted"
@@ -215,7 +221,21 @@ def test_ray_job_submit_runs_on_a_started_cluster(data_bucket, tfrecord_data, tm
         assert _checkpoint_epochs(run) == [1]
         assert storage.exists(storage.join(run, "metrics.json"))
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, timeout=120, capture_output=True)
+        _stop_processes_mentioning(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_processes_mentioning(marker: str) -> None:
+    """SIGKILL every process whose command line names `marker` (one test cluster's daemons)."""
+    import os
+    import signal
+
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass  # gone meanwhile, or not ours to read
 
 
 def _free_port() -> int:

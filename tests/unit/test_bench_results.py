@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import require
+
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results.json"
 IMAGES_PER_SECOND = ("decode_ceiling", "local_tfrecord", "local_parquet", "s3_tfrecord", "s3_parquet")
 RATIOS = ("local_over_decode", "s3_over_local", "parquet_over_tfrecord", "trainer_over_fit", "checkpoint_over_epoch")
@@ -24,8 +26,7 @@ def _positive(value) -> bool:
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    if not RESULTS.is_file():
-        pytest.skip("bench/results.json is absent; run `make bench` to create it")
+    require(RESULTS.is_file(), "bench/results.json is absent; run `make bench` to create it")
     return json.loads(RESULTS.read_text())
 
 
@@ -53,6 +54,5 @@ def test_peak_rss_is_a_positive_byte_count(results):
 
 
 def test_results_file_stays_small():
-    if not RESULTS.is_file():
-        pytest.skip("bench/results.json is absent")
+    require(RESULTS.is_file(), "bench/results.json is absent; run `make bench` to create it")
     assert RESULTS.stat().st_size < 16_000

@@ -89,8 +89,12 @@ def imports_of(source: str, module: str, is_package: bool, root: Path) -> list[t
                 base = ".".join(package + ([base] if base else []))
             for alias in node.names:
                 candidate = f"{base}.{alias.name}"
-                # `from job.data import shards` imports the submodule job.data.shards.
-                is_submodule = candidate.startswith("job.") and _exists(candidate, root)
+                # `from job.data import shards` imports the submodule job.data.shards;
+                # `from pyarrow import fs` imports pyarrow.fs (a framework some wing owns).
+                if candidate.startswith("job."):
+                    is_submodule = _exists(candidate, root)
+                else:
+                    is_submodule = any(candidate == f or candidate.startswith(f + ".") for f in FRAMEWORK_OWNERS)
                 found.append((node.lineno, candidate if is_submodule else base))
     return found
 
@@ -141,7 +145,7 @@ def test_the_checker_reports_forbidden_imports(tmp_path):
         "training/__init__.py": "",
         "training/loop.py": "def f():\n    import ray\n",  # nested, still counted
         "data/__init__.py": "",
-        "data/shards.py": "from job.cli import main\n",
+        "data/shards.py": "from job.cli import main\nfrom pyarrow import fs\n",
         "cli/__init__.py": "def main(): pass\n",
         "telemetry.py": "import boto3\n",
         "evaluation/__init__.py": "",
@@ -153,6 +157,7 @@ def test_the_checker_reports_forbidden_imports(tmp_path):
     found = "\n".join(violations(root))
     assert "job/training/loop.py:2: imports ray; only job/cluster/ may" in found
     assert "job/data/shards.py:1: imports job.cli (job/cli/) upward from job/data/" in found
+    assert "job/data/shards.py:2: imports pyarrow.fs; only job/storage/ may" in found
     assert "job/telemetry.py:1: imports boto3; only job/storage/ may" in found
     assert "job/evaluation/report.py:2: imports job.cluster.driver (job/cluster/) upward" in found
     assert "module job.misc is in no wing" in found
@@ -165,7 +170,7 @@ def test_the_checker_accepts_downward_and_same_wing_imports(tmp_path):
         "errors.py": "",
         "storage/__init__.py": "import boto3\nfrom job.errors import UserError\n",
         "data/__init__.py": "",
-        "data/shards.py": "from job import storage\nimport pyarrow.parquet\n",
+        "data/shards.py": "from job import storage\nimport pyarrow.parquet\nfrom pyarrow import parquet\n",
         "data/pipeline.py": "from job.data import shards\nimport tensorflow\n",
     })
     assert violations(root) == []

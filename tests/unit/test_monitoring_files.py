@@ -8,17 +8,15 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prometheus_server import require_tool  # noqa: E402
-
-from job.telemetry import DriverTelemetry, WorkerTelemetry  # noqa: E402
+from job.telemetry import DriverTelemetry, WorkerTelemetry
+from tests.cli import require
+from tests.prometheus_server import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "alerts.rules.yml"
@@ -308,8 +306,7 @@ def test_dashboard_has_the_promised_panels_and_a_datasource_variable():
 
 def crd_schema(filename: str) -> dict:
     path = SCHEMAS / filename
-    if not path.exists():
-        pytest.skip(f"CRD schema {path} not found (it lives outside the repo in shared/schemas)")
+    require(path.exists(), f"CRD schema {path} not found (it lives outside the repo in shared/schemas)")
     crd = yaml.safe_load(path.read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     return strict(version["schema"]["openAPIV3Schema"])

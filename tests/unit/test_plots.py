@@ -76,12 +76,34 @@ def test_history_curves_with_and_without_data():
     assert _open(plots.history_curves([])).size == (1500, 480)
 
 
-def test_history_lr_log_scale_when_it_spans_decades():
-    history = [{"epoch": e, "loss": 1.0, "learning_rate": 10.0 ** -e} for e in range(1, 6)]
-    assert _open(plots.history_curves(history)).size == (1500, 480)
+def test_history_lr_axis_is_logarithmic_only_when_the_rate_spans_decades():
+    cut = [{"epoch": e, "loss": 1.0, "learning_rate": 10.0 ** -e} for e in range(1, 6)]
+    steady = [{"epoch": e, "loss": 1.0, "learning_rate": 0.003 if e < 3 else 0.0015} for e in range(1, 6)]
+    assert plots.history_figure(cut).axes[2].get_yscale() == "log"
+    assert plots.history_figure(steady).axes[2].get_yscale() == "linear"
 
 
-def test_plots_use_the_headless_backend():
-    import matplotlib
+def test_plots_render_without_a_display_and_never_touch_pyplot():
+    """A headless worker must draw every figure without a display, and without pyplot's
+    global state (which leaks figures across calls): checked in a fresh interpreter whose
+    configured backend would need a display."""
+    import os
+    import subprocess
+    import sys
 
-    assert matplotlib.get_backend().lower() == "agg"
+    script = (
+        "import sys, numpy as np\n"
+        "from job.evaluation import plots\n"
+        "y = np.eye(3, dtype=int)\n"
+        "names = ['a', 'b', 'c']\n"
+        "plots.prediction_grid(np.zeros((3, 8, 8, 3), np.uint8), y, y * 0.9, [0.5] * 3, names)\n"
+        "m = {'precision': 1, 'recall': 1, 'f1': 1, 'binary_accuracy': 1, 'threshold': 0.5}\n"
+        "plots.per_label_bars({n: m for n in names}, {n: m for n in names}, names)\n"
+        "plots.cooccurrence_heatmap(y, names)\n"
+        "plots.history_curves([{'epoch': 1, 'loss': 1.0}])\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    env["MPLBACKEND"] = "TkAgg"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]

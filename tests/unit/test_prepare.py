@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,8 +19,7 @@ from job.data import shards
 from job.data.prepare import PrepareOptions, parse_classes, prepare_dataset, read_rows
 from job.data.validate import validate_dataset
 from job.errors import UserError
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.cli import run_cli
 
 # (image, labels) rows; the labels cover every case: one, several, repeated, none.
 ROWS = [(f"img/{i:03d}.{'png' if i % 3 == 0 else 'jpg'}", labels) for i, labels in enumerate(
@@ -326,9 +323,7 @@ def test_parse_classes():
 
 
 def _cli(*args, timeout=120):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-m", "job", "prepare", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_cli("prepare", *args, timeout=timeout)
 
 
 def test_cli_bad_row_exits_1_with_row_number_and_no_traceback(source, tmp_path):

@@ -6,23 +6,19 @@ import logging
 import math
 import socket
 import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prometheus_server import free_port, require_tool  # noqa: E402
-
-from job.telemetry import (  # noqa: E402
+from job.telemetry import (
     CHECKPOINT_SECONDS_BUCKETS,
     STEP_SECONDS_BUCKETS,
     DriverTelemetry,
     WorkerTelemetry,
     worker_port,
 )
+from tests.prometheus_server import free_port, require_tool
 
 EPOCH_LOGS = {
     "loss": 0.25, "val_loss": 0.5, "val_binary_accuracy": 0.9, "val_macro_f1": 0.75,
