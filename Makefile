@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit test-integration bench deploy-tools clean
+.PHONY: setup demo test test-unit test-integration bench deploy-tools lint format clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,14 @@ test: setup
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check job tests bench
+	$(VENV)/bin/ruff format --check job tests bench
+
+format: setup
+	$(VENV)/bin/ruff check --fix job tests bench
+	$(VENV)/bin/ruff format job tests bench
 
 bench: setup
 	$(PY) -m bench.run

@@ -45,8 +45,14 @@ def measure(name: str, workdir: str, batch_size: int, warmup_steps: int, steps: 
     root = dataset_dir(workdir, "tfrecord")
     manifest = shards.load_manifest(root)
     cfg = DataConfig(image_size=size, batch_size_per_worker=batch_size)
-    ds = pipeline.make_pipeline(pipeline.examples_from_shards(root, manifest, "train", shuffle_shards=True), cfg,
-                              training=True, batch_size=batch_size, repeat=True, drop_remainder=True)
+    ds = pipeline.make_pipeline(
+        pipeline.examples_from_shards(root, manifest, "train", shuffle_shards=True),
+        cfg,
+        training=True,
+        batch_size=batch_size,
+        repeat=True,
+        drop_remainder=True,
+    )
     model = build_model(backbone, len(manifest.class_names), size, width=width)
     compile_model(model, learning_rate=1e-3)
 
@@ -86,11 +92,16 @@ def measure(name: str, workdir: str, batch_size: int, warmup_steps: int, steps: 
         shutil.rmtree(local, ignore_errors=True)
     save = common.median(save_times[1:] if saves > 1 else save_times)
     return {
-        "image_size": size, "params": int(model.count_params()), "checkpoint_bytes": sizes,
-        "step_seconds": [round(t, 3) for t in timer.times[warmup_steps:]], "median_step_seconds": round(step, 3),
-        "steps_per_epoch": steps_per_epoch, "epoch_seconds": round(epoch, 2),
+        "image_size": size,
+        "params": int(model.count_params()),
+        "checkpoint_bytes": sizes,
+        "step_seconds": [round(t, 3) for t in timer.times[warmup_steps:]],
+        "median_step_seconds": round(step, 3),
+        "steps_per_epoch": steps_per_epoch,
+        "epoch_seconds": round(epoch, 2),
         "save_seconds": [round(t, 3) for t in save_times],
-        "median_save_parts_seconds": {k: round(common.median([p[k] for p in parts[1:] or parts]), 3) for k in parts[0]}, "median_save_seconds": round(save, 3),
+        "median_save_parts_seconds": {k: round(common.median([p[k] for p in parts[1:] or parts]), 3) for k in parts[0]},
+        "median_save_seconds": round(save, 3),
         "share_of_epoch": save / epoch,
     }
 
@@ -111,12 +122,16 @@ def main() -> None:
 
     server = use_embedded_s3("bench")
     try:
-        out = {name: measure(name, args.workdir, args.batch_size, args.warmup_steps, args.steps, args.saves)
-               for name in args.models.split(",")}
+        out = {
+            name: measure(name, args.workdir, args.batch_size, args.warmup_steps, args.steps, args.saves)
+            for name in args.models.split(",")
+        }
     finally:
         server.stop()
     worst = max(out, key=lambda n: out[n]["share_of_epoch"])
-    common.write_result(args.result, {"models": out, "worst": worst, "checkpoint_over_epoch": out[worst]["share_of_epoch"]})
+    common.write_result(
+        args.result, {"models": out, "worst": worst, "checkpoint_over_epoch": out[worst]["share_of_epoch"]}
+    )
 
 
 if __name__ == "__main__":

@@ -81,8 +81,9 @@ def machine_info() -> dict[str, Any]:
 
 def _gpu_name() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     names = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
@@ -126,7 +127,9 @@ def run_section(module: str, args: list[str], result_path: str, timeout_seconds:
             rc = proc.wait(timeout=timeout_seconds)
         except subprocess.TimeoutExpired:
             _kill_group(proc)
-            raise SectionFailed(f"bench.{module} did not finish within {timeout_seconds:.0f} s; log: {log_path}")
+            raise SectionFailed(
+                f"bench.{module} did not finish within {timeout_seconds:.0f} s; log: {log_path}"
+            ) from None
         finally:
             _kill_group(proc)  # stray children (Ray) of a finished section
     if rc != 0 or not os.path.exists(result_path):

@@ -26,8 +26,15 @@ def ensure_datasets(workdir: str, num_images: int, image_size: int, seed: int = 
     for fmt in FORMATS:
         root = dataset_dir(workdir, fmt)
         if not _matches(root, num_images, image_size, seed):
-            write_synthetic(root, SceneSpec(image_size=image_size), num_images=num_images, seed=seed, fmt=fmt,
-                            num_shards=4, progress=False)
+            write_synthetic(
+                root,
+                SceneSpec(image_size=image_size),
+                num_images=num_images,
+                seed=seed,
+                fmt=fmt,
+                num_shards=4,
+                progress=False,
+            )
         roots[fmt] = root
     return roots
 

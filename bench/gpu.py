@@ -67,15 +67,28 @@ def run_config(backbone: str, mode: str, args, data_root: str | None) -> dict:
     synthetic = tf.data.Dataset.from_tensors((images, labels)).repeat()
     if not args.cpu:
         synthetic = synthetic.apply(tf.data.experimental.prefetch_to_device("/GPU:0", 2))
-    out = {"backbone": backbone, "mode": mode, "precision": precision, "jit_compile": xla, "batch_size": b,
-           "image_size": args.image_size, "device": "cpu" if args.cpu else "gpu"}
+    out = {
+        "backbone": backbone,
+        "mode": mode,
+        "precision": precision,
+        "jit_compile": xla,
+        "batch_size": b,
+        "image_size": args.image_size,
+        "device": "cpu" if args.cpu else "gpu",
+    }
     t0 = time.perf_counter()
     out["synthetic_images_per_second"] = round(_time_steps(model, synthetic, args.warmup, args.steps, b), 1)
     if data_root:
         manifest = shards.load_manifest(data_root)
         cfg = DataConfig(image_size=args.image_size, batch_size_per_worker=b)
-        real = pipeline.make_pipeline(pipeline.examples_from_shards(data_root, manifest, "train", shuffle_shards=True),
-                                    cfg, training=True, batch_size=b, repeat=True, drop_remainder=True)
+        real = pipeline.make_pipeline(
+            pipeline.examples_from_shards(data_root, manifest, "train", shuffle_shards=True),
+            cfg,
+            training=True,
+            batch_size=b,
+            repeat=True,
+            drop_remainder=True,
+        )
         out["real_images_per_second"] = round(_time_steps(model, real, args.warmup, args.steps, b), 1)
         out["real_over_synthetic"] = round(out["real_images_per_second"] / out["synthetic_images_per_second"], 3)
     out["seconds"] = round(time.perf_counter() - t0, 1)

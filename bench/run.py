@@ -35,20 +35,35 @@ TARGETS = {
 
 def sizes(quick: bool) -> dict:
     if quick:
-        return {"num_images": 300, "pipeline": ["--batches", "6", "--warmup-batches", "2", "--repeats", "3"],
-                "s3": ["--batches", "6", "--warmup-batches", "2", "--repeats", "3"],
-                "trainer_epochs": "2", "scaling_epochs": "2",
-                "checkpoint": ["--steps", "3", "--warmup-steps", "1", "--saves", "3"]}
-    return {"num_images": 1000, "pipeline": ["--repeats", "5"], "s3": ["--repeats", "5", "--batches", "10", "--warmup-batches", "3"],
-            "trainer_epochs": "4", "scaling_epochs": "3", "checkpoint": []}
+        return {
+            "num_images": 300,
+            "pipeline": ["--batches", "6", "--warmup-batches", "2", "--repeats", "3"],
+            "s3": ["--batches", "6", "--warmup-batches", "2", "--repeats", "3"],
+            "trainer_epochs": "2",
+            "scaling_epochs": "2",
+            "checkpoint": ["--steps", "3", "--warmup-steps", "1", "--saves", "3"],
+        }
+    return {
+        "num_images": 1000,
+        "pipeline": ["--repeats", "5"],
+        "s3": ["--repeats", "5", "--batches", "10", "--warmup-batches", "3"],
+        "trainer_epochs": "4",
+        "scaling_epochs": "3",
+        "checkpoint": [],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="/tmp/multilabel-bench", help="Shards and scratch files (not the repo).")
-    p.add_argument("--out", default=os.path.join(common.BENCH_DIR, "results.json"), help="results.json path; "
-                   "results.md is written beside it.")
-    p.add_argument("--quick", action="store_true", help="Smoke run: few images, short windows (figures not meaningful).")
+    p.add_argument(
+        "--out",
+        default=os.path.join(common.BENCH_DIR, "results.json"),
+        help="results.json path; results.md is written beside it.",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="Smoke run: few images, short windows (figures not meaningful)."
+    )
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"Comma list of {', '.join(SECTIONS)}.")
     p.add_argument("--image-size", type=int, default=224)
     args = p.parse_args(argv)
@@ -67,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             return None
         print(f"bench: {name} ...", flush=True)
         try:
-            res = common.run_section(module, ["--workdir", args.workdir, *extra],
-                                     os.path.join(args.workdir, f"{name}.json"), timeout,
-                                     os.path.join(args.workdir, f"{name}.log"))
+            res = common.run_section(
+                module,
+                ["--workdir", args.workdir, *extra],
+                os.path.join(args.workdir, f"{name}.json"),
+                timeout,
+                os.path.join(args.workdir, f"{name}.log"),
+            )
         except common.SectionFailed as exc:
             print(f"bench: {name} FAILED: {exc}", flush=True)
             detail["errors"][name] = str(exc)[:2000]
@@ -111,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if s3:
         extra_ratios["s3_tfrecord_over_worker_local_tfrecord"] = _div(
-            ips.get("s3_tfrecord"), s3["images_per_second"].get("worker_local_tfrecord"))
+            ips.get("s3_tfrecord"), s3["images_per_second"].get("worker_local_tfrecord")
+        )
     if trainer:
         runs = trainer["runs"]
         ratios["trainer_over_fit"] = _div(runs["ray1"]["median_epoch_seconds"], runs["plain"]["median_epoch_seconds"])
@@ -121,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         tput = {n: r["train_images_per_epoch"] / r["median_epoch_seconds"] for n, r in (("1", one), ("2", two))}
         detail["scaling_check"] = {
             "what": "collective-overhead check on 2 shared cores, not a scaling claim",
-            "images_per_second_1_worker": round(tput["1"], 1), "images_per_second_2_workers": round(tput["2"], 1),
+            "images_per_second_1_worker": round(tput["1"], 1),
+            "images_per_second_2_workers": round(tput["2"], 1),
             "two_over_one": round(tput["2"] / tput["1"], 3),
         }
     detail["extra_ratios"] = extra_ratios
@@ -133,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": common.machine_info(),
         "image_size": args.image_size,
-        "images_per_second": {k: _round(ips.get(k)) for k in
-                              ("decode_ceiling", "local_tfrecord", "local_parquet", "s3_tfrecord", "s3_parquet")},
+        "images_per_second": {
+            k: _round(ips.get(k))
+            for k in ("decode_ceiling", "local_tfrecord", "local_parquet", "s3_tfrecord", "s3_parquet")
+        },
         "ratios": {k: _round(v, 3) for k, v in ratios.items()},
         "peak_rss_bytes": pipe["peak_rss_bytes"] if pipe else None,
         "detail": _compact(detail),
@@ -188,8 +211,11 @@ def render_markdown(results: dict) -> str:
     lines += [f"| {k} | {'-' if v is None else v} |" for k, v in results["images_per_second"].items()]
     sc = d.get("scaling_check")
     if sc:
-        lines += ["", f"Scaling check ({sc['what']}): 1 worker {sc['images_per_second_1_worker']} img/s, "
-                      f"2 workers {sc['images_per_second_2_workers']} img/s (x{sc['two_over_one']})."]
+        lines += [
+            "",
+            f"Scaling check ({sc['what']}): 1 worker {sc['images_per_second_1_worker']} img/s, "
+            f"2 workers {sc['images_per_second_2_workers']} img/s (x{sc['two_over_one']}).",
+        ]
     if results.get("peak_rss_bytes"):
         lines += ["", f"Peak RSS of the local-pipeline process: {results['peak_rss_bytes'] / 2**20:.0f} MiB."]
     if d.get("errors"):

@@ -43,24 +43,35 @@ def measure_in_worker(config: dict) -> None:
     def from_shard(name: str):
         shard = ray.train.get_dataset_shard(name)
         source = pipeline.ReleasableBatches(
-            lambda: shard.iter_batches(batch_size=worker.HANDOVER_BATCH_ROWS, batch_format="numpy",
-                                       prefetch_batches=2))
+            lambda: shard.iter_batches(batch_size=worker.HANDOVER_BATCH_ROWS, batch_format="numpy", prefetch_batches=2)
+        )
         sources.append(source)
         examples = pipeline.examples_from_batches(source, config["num_classes"])
-        return pipeline.make_pipeline(examples, cfg, training=True, batch_size=config["batch_size"], seed=0,
-                                    repeat=True, drop_remainder=True)
+        return pipeline.make_pipeline(
+            examples, cfg, training=True, batch_size=config["batch_size"], seed=0, repeat=True, drop_remainder=True
+        )
 
     local_root = config["local_tfrecord_root"]
     local = pipeline.make_pipeline(
         pipeline.examples_from_shards(local_root, shards.load_manifest(local_root), "train", shuffle_shards=True),
-        cfg, training=True, batch_size=config["batch_size"], seed=0, repeat=True, drop_remainder=True)
-    iterators = {"s3_tfrecord": iter(from_shard("tfrecord")), "s3_parquet": iter(from_shard("parquet")),
-                 "worker_local_tfrecord": iter(local)}
+        cfg,
+        training=True,
+        batch_size=config["batch_size"],
+        seed=0,
+        repeat=True,
+        drop_remainder=True,
+    )
+    iterators = {
+        "s3_tfrecord": iter(from_shard("tfrecord")),
+        "s3_parquet": iter(from_shard("parquet")),
+        "worker_local_tfrecord": iter(local),
+    }
     w, n, b = config["warmup_batches"], config["batches"], config["batch_size"]
     for it in iterators.values():
         c.time_batches(it, w, n // 2, b)
-    runs = c.interleaved({k: (lambda it=it: c.time_batches(it, w, n, b)) for k, it in iterators.items()},
-                         config["repeats"])
+    runs = c.interleaved(
+        {k: (lambda it=it: c.time_batches(it, w, n, b)) for k, it in iterators.items()}, config["repeats"]
+    )
     # Train V2 keeps metrics only with checkpoints; the worker shares this node, so a file will do.
     with open(config["out_path"], "w") as fh:
         json.dump({"runs": runs, "worker_peak_rss_bytes": c.peak_rss_bytes()}, fh)
@@ -103,15 +114,20 @@ def main() -> None:
         trainer = TensorflowTrainer(
             train_loop_per_worker=measure_in_worker,
             train_loop_config={
-                "image_size": args.image_size, "batch_size": args.batch_size,
+                "image_size": args.image_size,
+                "batch_size": args.batch_size,
                 "num_classes": len(manifests["tfrecord"].class_names),
-                "warmup_batches": args.warmup_batches, "batches": args.batches, "repeats": args.repeats,
+                "warmup_batches": args.warmup_batches,
+                "batches": args.batches,
+                "repeats": args.repeats,
                 "local_tfrecord_root": os.path.abspath(dataset_dir(args.workdir, "tfrecord")),
                 "out_path": out_path,
             },
             scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-            run_config=RunConfig(name=f"s3-pipeline-{int(time.time())}",
-                                 storage_path=os.path.abspath(os.path.join(args.workdir, "ray-results"))),
+            run_config=RunConfig(
+                name=f"s3-pipeline-{int(time.time())}",
+                storage_path=os.path.abspath(os.path.join(args.workdir, "ray-results")),
+            ),
             datasets=datasets,
         )
         fit_start = time.perf_counter()
@@ -120,15 +136,18 @@ def main() -> None:
         with open(out_path) as fh:
             worker = json.load(fh)
         runs = worker["runs"]
-        common.write_result(args.result, {
-            "images_per_second": {k: common.median(v) for k, v in runs.items()},
-            "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
-            "worker_peak_rss_bytes": worker["worker_peak_rss_bytes"],
-            "upload_seconds": round(upload_seconds, 2),
-            "trainer_fit_seconds": round(fit_seconds, 1),
-            "how": "1-worker TensorflowTrainer, get_dataset_shard -> iter_batches -> examples_from_batches -> "
-                   "make_pipeline(training=True); ray.init(num_cpus=2): 1 worker CPU + 1 for Ray Data",
-        })
+        common.write_result(
+            args.result,
+            {
+                "images_per_second": {k: common.median(v) for k, v in runs.items()},
+                "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+                "worker_peak_rss_bytes": worker["worker_peak_rss_bytes"],
+                "upload_seconds": round(upload_seconds, 2),
+                "trainer_fit_seconds": round(fit_seconds, 1),
+                "how": "1-worker TensorflowTrainer, get_dataset_shard -> iter_batches -> examples_from_batches -> "
+                "make_pipeline(training=True); ray.init(num_cpus=2): 1 worker CPU + 1 for Ray Data",
+            },
+        )
     finally:
         ray.shutdown()
         server.stop()

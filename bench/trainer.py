@@ -26,11 +26,17 @@ from bench import common
 def make_config(image_size: int, epochs: int, num_workers: int):
     from job.config import load_config
 
-    return load_config(os.path.join(common.REPO_ROOT, "configs", "demo.yaml"), [
-        f"data.image_size={image_size}", f"training.epochs={epochs}", f"scaling.num_workers={num_workers}",
-        "telemetry.enabled=false", "training.early_stopping_patience_epochs=0",
-        "training.reduce_lr_patience_epochs=0",
-    ])
+    return load_config(
+        os.path.join(common.REPO_ROOT, "configs", "demo.yaml"),
+        [
+            f"data.image_size={image_size}",
+            f"training.epochs={epochs}",
+            f"scaling.num_workers={num_workers}",
+            "telemetry.enabled=false",
+            "training.early_stopping_patience_epochs=0",
+            "training.reduce_lr_patience_epochs=0",
+        ],
+    )
 
 
 def run_plain(data_uri: str, output_uri: str, image_size: int, epochs: int) -> dict:
@@ -44,9 +50,12 @@ def run_plain(data_uri: str, output_uri: str, image_size: int, epochs: int) -> d
     plan = plan_run(cfg, data_uri, output_uri, None, num_workers=1)
     start = time.perf_counter()
     history = loop.train_worker(
-        cfg, plan.for_workers(), loop.WorkerInfo(),
-        train_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "train", shuffle_shards=True,
-                                                           seed=cfg.training.seed),
+        cfg,
+        plan.for_workers(),
+        loop.WorkerInfo(),
+        train_examples=lambda: pipeline.examples_from_shards(
+            data_uri, plan.manifest, "train", shuffle_shards=True, seed=cfg.training.seed
+        ),
         val_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "val"),
         reporter=LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
         telemetry=WorkerTelemetry(plan.run_name, 0, None, enabled=False),

@@ -25,8 +25,14 @@ class ConfigError(UserError):
     """The configuration is invalid; the message names the key."""
 
 
-def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-            choices: tuple[str, ...] | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
     """A dataclass field with its help text and allowed values in metadata."""
     return field(default=default, metadata={"help": help, "min": min, "max": max, "choices": choices})
 
@@ -43,8 +49,12 @@ class DataConfig:
     """How examples are decoded and batched."""
 
     image_size: int = setting(64, "Height and width (pixels) images are resized to.", min=16, max=1024)
-    batch_size_per_worker: int = setting(32, "Examples per batch on each worker; global batch = this x num_workers.", min=1, max=65536)
-    shuffle_buffer_examples: int = setting(1024, "Shuffle buffer size in examples (bounds memory, not the data set size).", min=0, max=1_000_000)
+    batch_size_per_worker: int = setting(
+        32, "Examples per batch on each worker; global batch = this x num_workers.", min=1, max=65536
+    )
+    shuffle_buffer_examples: int = setting(
+        1024, "Shuffle buffer size in examples (bounds memory, not the data set size).", min=0, max=1_000_000
+    )
     prefetch_batches: int = setting(2, "Batches prepared ahead of the model (bounded, not AUTOTUNE).", min=0, max=64)
     parallel_calls: int = setting(0, "Parallel decode calls in tf.data; 0 lets tf.data tune it.", min=0, max=256)
     augment: bool = setting(True, "Random flips and brightness/contrast jitter on training images.")
@@ -74,10 +84,14 @@ class TrainingConfig:
     jit_compile: bool = setting(False, "Compile the train step with XLA.")
     terminate_on_nan: bool = setting(True, "Stop the run when the loss becomes NaN.")
     restore_best_weights: bool = setting(True, "Evaluate the checkpoint with the lowest val_loss, not the last one.")
-    reduce_lr_patience_epochs: int = setting(3, "Epochs without val_loss improvement before the LR is cut; 0 disables.", min=0, max=10_000)
+    reduce_lr_patience_epochs: int = setting(
+        3, "Epochs without val_loss improvement before the LR is cut; 0 disables.", min=0, max=10_000
+    )
     reduce_lr_factor: float = setting(0.5, "Factor applied to the LR on plateau.", min=0.01, max=0.99)
     min_learning_rate: float = setting(1e-6, "Lower bound for the LR on plateau.", min=0.0, max=1.0)
-    early_stopping_patience_epochs: int = setting(5, "Epochs without val_loss improvement before stopping; 0 disables.", min=0, max=10_000)
+    early_stopping_patience_epochs: int = setting(
+        5, "Epochs without val_loss improvement before stopping; 0 disables.", min=0, max=10_000
+    )
     tensorboard: bool = setting(True, "Write TensorBoard event files (rank 0) and sync them to RUN/tensorboard/.")
 
 
@@ -89,7 +103,9 @@ class ScalingConfig:
     use_gpu: bool = setting(False, "Give every worker GPUs.")
     gpus_per_worker: float = setting(1.0, "GPUs per worker when use_gpu is on.", min=0.0, max=16.0)
     cpus_per_worker: float = setting(1.0, "Logical CPUs per worker.", min=0.0, max=1024.0)
-    data_cpus: float = setting(1.0, "Logical CPUs kept free for Ray Data read tasks on a local Ray.", min=0.5, max=1024.0)
+    data_cpus: float = setting(
+        1.0, "Logical CPUs kept free for Ray Data read tasks on a local Ray.", min=0.5, max=1024.0
+    )
     max_failures: int = setting(1, "Worker-group restarts Ray Train may make before the run fails.", min=0, max=1000)
 
 
@@ -107,17 +123,25 @@ class TelemetryConfig:
 
     enabled: bool = setting(True, "Serve Prometheus metrics from the driver and every worker.")
     driver_port: int = setting(DEFAULT_DRIVER_PORT, "Port of the driver's /metrics.", min=1024, max=32767)
-    worker_port_base: int = setting(DEFAULT_WORKER_PORT_BASE, "Worker with local rank k serves /metrics on this + k.", min=1024, max=32767)
-    final_scrape_wait_seconds: float = setting(0.0, "Keep the driver's /metrics up this long after the run ends.", min=0.0, max=3600.0)
+    worker_port_base: int = setting(
+        DEFAULT_WORKER_PORT_BASE, "Worker with local rank k serves /metrics on this + k.", min=1024, max=32767
+    )
+    final_scrape_wait_seconds: float = setting(
+        0.0, "Keep the driver's /metrics up this long after the run ends.", min=0.0, max=3600.0
+    )
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
     """Evaluation of the best checkpoint."""
 
-    threshold_objective: str = setting("f1", "What per-label thresholds maximise on the validation split.", choices=("f1", "none"))
+    threshold_objective: str = setting(
+        "f1", "What per-label thresholds maximise on the validation split.", choices=("f1", "none")
+    )
     prediction_grid_images: int = setting(16, "Test images shown in predictions.png.", min=0, max=256)
-    correlated_pair_threshold: float = setting(0.95, "Flag label pairs whose P(j|i) and P(i|j) both reach this.", min=0.5, max=1.0)
+    correlated_pair_threshold: float = setting(
+        0.95, "Flag label pairs whose P(j|i) and P(i|j) both reach this.", min=0.5, max=1.0
+    )
 
 
 @dataclass(frozen=True)
@@ -168,8 +192,10 @@ def _resolve_config_path(path: str | Path) -> Path:
     if preset is not None:
         return preset
     searched = ", ".join(str(d) for d in preset_dirs())
-    raise ConfigError(f"Config file {p} does not exist. Pass an existing YAML file (e.g. --config configs/demo.yaml) "
-                      f"or a preset name (e.g. --config demo; presets are looked up in {searched}).")
+    raise ConfigError(
+        f"Config file {p} does not exist. Pass an existing YAML file (e.g. --config configs/demo.yaml) "
+        f"or a preset name (e.g. --config demo; presets are looked up in {searched})."
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -191,7 +217,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as exc:
             raise ConfigError(f"Config file {p} is not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"Config file {p} must hold a mapping of sections (data:, model:, ...), not {type(loaded).__name__}.")
+            raise ConfigError(
+                f"Config file {p} must hold a mapping of sections (data:, model:, ...), not {type(loaded).__name__}."
+            )
         raw = loaded or {}
     for item in overrides:
         _apply_override(raw, item)

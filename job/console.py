@@ -16,8 +16,21 @@ import sys
 import tempfile
 
 # Loggers of the libraries we use whose INFO lines are noise on our console.
-NOISY_LOGGERS = ("absl", "tensorflow", "ray", "botocore", "boto3", "urllib3", "werkzeug", "moto", "filelock",
-                 "matplotlib", "PIL", "h5py", "asyncio")
+NOISY_LOGGERS = (
+    "absl",
+    "tensorflow",
+    "ray",
+    "botocore",
+    "boto3",
+    "urllib3",
+    "werkzeug",
+    "moto",
+    "filelock",
+    "matplotlib",
+    "PIL",
+    "h5py",
+    "asyncio",
+)
 VERBOSE_ENV = "JOB_VERBOSE"
 
 # Lines that Ray's workers print and the driver need not show (they stay in Ray's log files
@@ -75,8 +88,9 @@ def setup_logging(verbose: bool) -> None:
             os.environ.setdefault(key, value)
         _mute_native_import("tensorflow")
     os.environ.setdefault(VERBOSE_ENV, "1" if verbose else "0")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stdout, force=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout, force=True
+    )
     quiet_libraries(verbose)
 
 
@@ -90,8 +104,9 @@ def setup_worker_logging(rank: int) -> None:
 def quiet_libraries(verbose: bool) -> None:
     """Frameworks' loggers to WARNING (INFO with --verbose), including those Ray names by file path."""
     level = logging.INFO if verbose else logging.WARNING
-    names = [n for n in logging.root.manager.loggerDict
-             if n.split(".")[0] in ("ray", "absl", "tensorflow") or "/ray/" in n]
+    names = [
+        n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("ray", "absl", "tensorflow") or "/ray/" in n
+    ]
     for name in (*NOISY_LOGGERS, *names):
         logging.getLogger(name).setLevel(level)
     if not verbose:

@@ -34,8 +34,11 @@ class Progress:
         now = time.monotonic()
         if self.enabled and total > 0 and (done >= total or now - self._last_line >= LOG_INTERVAL_SECONDS):
             self._last_line = now
-            print(tqdm.format_meter(done, total, now - self._start, prefix=self.label, unit=f" {self.unit}",
-                                    ascii=True), file=sys.stderr, flush=True)
+            print(
+                tqdm.format_meter(done, total, now - self._start, prefix=self.label, unit=f" {self.unit}", ascii=True),
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         self._bar.close()

@@ -93,14 +93,15 @@ class _Exporter:
         if self._wanted_port is None:
             return
         try:
-            self._server, self._thread = start_http_server(
-                self._wanted_port, addr=BIND_ADDRESS, registry=self.registry
-            )
+            self._server, self._thread = start_http_server(self._wanted_port, addr=BIND_ADDRESS, registry=self.registry)
         except OSError as exc:
             log.warning(
                 "%s metrics: cannot serve on %s:%d (%s); training continues without a "
                 "/metrics endpoint. Free the port or set telemetry ports in the config.",
-                self._who, BIND_ADDRESS, self._wanted_port, exc,
+                self._who,
+                BIND_ADDRESS,
+                self._wanted_port,
+                exc,
             )
             return
         self.port = int(self._server.server_address[1])
@@ -157,13 +158,19 @@ class WorkerTelemetry(_Exporter):
 
         self._steps = counter("multilabel_train_steps", "Training steps (batches) finished by this worker.")
         self._examples = counter("multilabel_train_examples", "Training examples processed by this worker.")
-        self._input_wait = counter("multilabel_input_wait_seconds",
-                                   "Seconds this worker spent waiting for the next input batch.")
-        self._step_seconds = histogram("multilabel_train_step_seconds",
-                                       "Wall time of one training step, input wait included.", STEP_SECONDS_BUCKETS)
-        self._ckpt_seconds = histogram("multilabel_checkpoint_save_seconds",
-                                       "Wall time of one successful checkpoint save (rank 0 saves).",
-                                       CHECKPOINT_SECONDS_BUCKETS)
+        self._input_wait = counter(
+            "multilabel_input_wait_seconds", "Seconds this worker spent waiting for the next input batch."
+        )
+        self._step_seconds = histogram(
+            "multilabel_train_step_seconds",
+            "Wall time of one training step, input wait included.",
+            STEP_SECONDS_BUCKETS,
+        )
+        self._ckpt_seconds = histogram(
+            "multilabel_checkpoint_save_seconds",
+            "Wall time of one successful checkpoint save (rank 0 saves).",
+            CHECKPOINT_SECONDS_BUCKETS,
+        )
         self._ckpt_saves = counter("multilabel_checkpoint_saves", "Checkpoints saved successfully.")
         self._ckpt_failures = counter("multilabel_checkpoint_failures", "Checkpoint saves that failed.")
         self._s3_retries = counter("multilabel_s3_retries", "Object-storage requests retried by this worker.")
@@ -173,17 +180,19 @@ class WorkerTelemetry(_Exporter):
         self._throughput = Gauge(
             "multilabel_train_examples_per_second",
             f"Training examples per second over the last {WINDOW_STEPS} steps.",
-            labels, registry=reg)
+            labels,
+            registry=reg,
+        )
         self._stall = Gauge(
             "multilabel_input_stall_ratio",
             f"Share (0..1) of step time spent waiting for input over the last {WINDOW_STEPS} steps.",
-            labels, registry=reg)
+            labels,
+            registry=reg,
+        )
         self._epoch = Gauge(
-            "multilabel_epoch", "Last finished epoch (1-based as in the console line).",
-            labels, registry=reg)
-        self._epoch_gauges = {
-            key: Gauge(name, doc, labels, registry=reg) for key, (name, doc) in EPOCH_GAUGES.items()
-        }
+            "multilabel_epoch", "Last finished epoch (1-based as in the console line).", labels, registry=reg
+        )
+        self._epoch_gauges = {key: Gauge(name, doc, labels, registry=reg) for key, (name, doc) in EPOCH_GAUGES.items()}
         self._values = values
 
         self._lock = threading.Lock()
@@ -269,16 +278,20 @@ class DriverTelemetry(_Exporter):
         self._state = Gauge(
             "multilabel_run_state",
             "1 for the run's current state (running, succeeded, failed), 0 for the others.",
-            ("run", "state"), registry=reg)
+            ("run", "state"),
+            registry=reg,
+        )
         for state in RUN_STATES:
             self._state.labels(run, state).set(0)
         self._restarts = Counter(
             "multilabel_worker_restarts",
             "Times the worker group was restarted after a failure.",
-            ("run",), registry=reg).labels(run)
+            ("run",),
+            registry=reg,
+        ).labels(run)
         self._s3_retries = Counter(
-            "multilabel_s3_retries", "Object-storage requests retried by the driver.",
-            ("run",), registry=reg).labels(run)
+            "multilabel_s3_retries", "Object-storage requests retried by the driver.", ("run",), registry=reg
+        ).labels(run)
         self.state: str | None = None
         self._serve()
 
@@ -299,4 +312,3 @@ class DriverTelemetry(_Exporter):
         """Add ``n`` retried object-storage requests (ignored if ``n <= 0``)."""
         if n > 0:
             self._s3_retries.inc(n)
-

@@ -24,25 +24,38 @@ REPO = Path(__file__).resolve().parents[1]
 QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, timeout: float = 300, check: bool = False
+) -> subprocess.CompletedProcess:
     """Run the CLI; returns the CompletedProcess with stdout and stderr as text.
 
     `env` is laid over this process's environment; a variable set to None is removed.
     """
     full_env = _environment(env)
-    proc = subprocess.Popen([sys.executable, "-m", "job", *args], cwd=REPO, env=full_env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "job", *args],
+        cwd=REPO,
+        env=full_env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        raise AssertionError(f"`python -m job {' '.join(args)}` did not finish within {timeout} s.\n"
-                             f"--- stdout (tail) ---\n{out[-4000:]}\n--- stderr (tail) ---\n{err[-4000:]}") from None
+        raise AssertionError(
+            f"`python -m job {' '.join(args)}` did not finish within {timeout} s.\n"
+            f"--- stdout (tail) ---\n{out[-4000:]}\n--- stderr (tail) ---\n{err[-4000:]}"
+        ) from None
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     if check and result.returncode != 0:
-        raise AssertionError(f"`python -m job {' '.join(args)}` exited {result.returncode}.\n"
-                             f"--- stdout (tail) ---\n{out[-4000:]}\n--- stderr (tail) ---\n{err[-4000:]}")
+        raise AssertionError(
+            f"`python -m job {' '.join(args)}` exited {result.returncode}.\n"
+            f"--- stdout (tail) ---\n{out[-4000:]}\n--- stderr (tail) ---\n{err[-4000:]}"
+        )
     return result
 
 
@@ -53,8 +66,15 @@ def _environment(overrides: dict | None) -> dict:
 
 def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
     """Start the CLI in its own process group (to be killed with kill_group)."""
-    return subprocess.Popen([sys.executable, "-m", "job", *args], cwd=REPO, env=_environment(env),
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "job", *args],
+        cwd=REPO,
+        env=_environment(env),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def kill_group(proc: subprocess.Popen) -> str:

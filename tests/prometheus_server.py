@@ -22,8 +22,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import pytest
 import yaml
@@ -59,16 +60,15 @@ def http_get(url: str, timeout_seconds: float = 5.0) -> bytes:
         return resp.read()
 
 
-def scrape_config(jobs: Mapping[str, Sequence[str]], interval: str = "1s",
-                  rule_files: Sequence[str] = ()) -> dict[str, Any]:
+def scrape_config(
+    jobs: Mapping[str, Sequence[str]], interval: str = "1s", rule_files: Sequence[str] = ()
+) -> dict[str, Any]:
     """Build a Prometheus config with one static job per entry of ``jobs`` (name -> targets)."""
     return {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval,
-                   "scrape_timeout": interval},
+        "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
         "rule_files": [str(p) for p in rule_files],
         "scrape_configs": [
-            {"job_name": name, "static_configs": [{"targets": list(targets)}]}
-            for name, targets in jobs.items()
+            {"job_name": name, "static_configs": [{"targets": list(targets)}]} for name, targets in jobs.items()
         ],
     }
 
@@ -83,9 +83,15 @@ class PrometheusServer:
         self.url = f"http://127.0.0.1:{port}"
 
     @classmethod
-    def start(cls, workdir: Path, jobs: Mapping[str, Sequence[str]], *, interval: str = "1s",
-              rule_files: Sequence[str | Path] = (), ready_timeout_seconds: float = 30.0
-              ) -> "PrometheusServer":
+    def start(
+        cls,
+        workdir: Path,
+        jobs: Mapping[str, Sequence[str]],
+        *,
+        interval: str = "1s",
+        rule_files: Sequence[str | Path] = (),
+        ready_timeout_seconds: float = 30.0,
+    ) -> PrometheusServer:
         """Write a config scraping ``jobs`` and start Prometheus on a free loopback port.
 
         Blocks until ``/-/ready`` answers (or fails the test after ``ready_timeout_seconds``,
@@ -100,11 +106,19 @@ class PrometheusServer:
         log_path = workdir / "prometheus.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
-                [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
-                 # No console templates: the Debian defaults point at files we do not need.
-                 f"--web.console.templates={workdir}", f"--web.console.libraries={workdir}"],
-                stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir,
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={workdir / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                    # No console templates: the Debian defaults point at files we do not need.
+                    f"--web.console.templates={workdir}",
+                    f"--web.console.libraries={workdir}",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
             )
         server = cls(process, port, workdir)
         try:
@@ -118,8 +132,7 @@ class PrometheusServer:
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"prometheus exited with {self.process.returncode}:\n{self.log()}",
-                            pytrace=False)
+                pytest.fail(f"prometheus exited with {self.process.returncode}:\n{self.log()}", pytrace=False)
             try:
                 http_get(f"{self.url}/-/ready", timeout_seconds=2)
                 return
@@ -147,8 +160,13 @@ class PrometheusServer:
             return [{"metric": {}, "value": data["result"]}]
         return data["result"]
 
-    def wait_for(self, expr: str, predicate: Callable[[list[dict[str, Any]]], bool],
-                 timeout_seconds: float = 30.0, poll_seconds: float = 0.5) -> list[dict[str, Any]]:
+    def wait_for(
+        self,
+        expr: str,
+        predicate: Callable[[list[dict[str, Any]]], bool],
+        timeout_seconds: float = 30.0,
+        poll_seconds: float = 0.5,
+    ) -> list[dict[str, Any]]:
         """Poll ``expr`` until ``predicate(result)`` holds; fail with the last result otherwise."""
         deadline = time.monotonic() + timeout_seconds
         result: list[dict[str, Any]] = []
@@ -161,7 +179,9 @@ class PrometheusServer:
                 health = [(t["scrapeUrl"], t["health"], t["lastError"]) for t in targets["activeTargets"]]
                 pytest.fail(
                     f"after {timeout_seconds}s, `{expr}` returned {result}\ntargets: {health}\n"
-                    f"prometheus log:\n{self.log()}", pytrace=False)
+                    f"prometheus log:\n{self.log()}",
+                    pytrace=False,
+                )
             time.sleep(poll_seconds)
 
     def stop(self) -> None:
@@ -174,7 +194,7 @@ class PrometheusServer:
                 self.process.kill()
                 self.process.wait(timeout=10)
 
-    def __enter__(self) -> "PrometheusServer":
+    def __enter__(self) -> PrometheusServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

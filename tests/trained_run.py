@@ -19,8 +19,23 @@ def shared_run(tmp_path_factory) -> tuple[Path, Path]:
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir()
         run_cli("synth", "--out", str(data), "--num-images", "200", "--quiet", timeout=300, check=True)
-        run_cli("train", "--local", "--config", "configs/demo.yaml", "--data", str(data), "--output", str(run),
-                "--set", "training.epochs=2", "--set", "telemetry.enabled=false",
-                "--set", "training.tensorboard=false", timeout=300, check=True)
+        run_cli(
+            "train",
+            "--local",
+            "--config",
+            "configs/demo.yaml",
+            "--data",
+            str(data),
+            "--output",
+            str(run),
+            "--set",
+            "training.epochs=2",
+            "--set",
+            "telemetry.enabled=false",
+            "--set",
+            "training.tensorboard=false",
+            timeout=300,
+            check=True,
+        )
         (base / "ready").touch()
     return data, run

@@ -44,13 +44,15 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m job` parser with every command registered."""
-    parser = argparse.ArgumentParser(prog="python -m job", description=__doc__.split("\n\n")[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m job", description=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--verbose", action="store_true", help="Show Ray's and TensorFlow's own logs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
-        command = sub.add_parser(name, help=module.HELP, description=module.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        command = sub.add_parser(
+            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(command)
         command.set_defaults(func=module.run)
     return parser

@@ -37,13 +37,25 @@ def add_arguments(d: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(bucket=args.bucket, num_images=args.num_images, workers=args.workers, out_dir=args.out,
-             local=args.local, overrides=args.set)
+    run_demo(
+        bucket=args.bucket,
+        num_images=args.num_images,
+        workers=args.workers,
+        out_dir=args.out,
+        local=args.local,
+        overrides=args.set,
+    )
     return 0
 
 
-def run_demo(bucket: str = "multilabel", num_images: int = 2000, workers: int | None = None,
-             out_dir: str = "runs/demo", local: bool = False, overrides: list[str] | None = None) -> dict:
+def run_demo(
+    bucket: str = "multilabel",
+    num_images: int = 2000,
+    workers: int | None = None,
+    out_dir: str = "runs/demo",
+    local: bool = False,
+    overrides: list[str] | None = None,
+) -> dict:
     """Run the demo end to end and copy its outputs to `out_dir`. Returns metrics.json's content."""
     overrides = list(overrides or [])
     if workers is not None:
@@ -56,7 +68,9 @@ def run_demo(bucket: str = "multilabel", num_images: int = 2000, workers: int | 
     server = None
     if not os.environ.get("S3_ENDPOINT_URL"):
         server = use_embedded_s3(bucket)
-        log.info("embedded S3 server at %s (bucket %s; data lives as long as this command)", server.endpoint_url, bucket)
+        log.info(
+            "embedded S3 server at %s (bucket %s; data lives as long as this command)", server.endpoint_url, bucket
+        )
     else:
         log.info("using the S3 endpoint in S3_ENDPOINT_URL: %s", os.environ["S3_ENDPOINT_URL"])
         storage.ensure_bucket(f"s3://{bucket}")
@@ -65,8 +79,14 @@ def run_demo(bucket: str = "multilabel", num_images: int = 2000, workers: int | 
         run_uri = f"s3://{bucket}/runs/demo"
         if not storage.exists(storage.join(data_uri, "dataset.json")):
             log.info("generating %d synthetic images at %d px into %s", num_images, cfg.data.image_size, data_uri)
-            write_synthetic(data_uri, SceneSpec(image_size=cfg.data.image_size), num_images=num_images,
-                            seed=cfg.training.seed, num_shards=max(4, cfg.scaling.num_workers), progress=False)
+            write_synthetic(
+                data_uri,
+                SceneSpec(image_size=cfg.data.image_size),
+                num_images=num_images,
+                seed=cfg.training.seed,
+                num_shards=max(4, cfg.scaling.num_workers),
+                progress=False,
+            )
         if local:
             # Imported here, not at the top: it loads TensorFlow, and `--help` must stay instant.
             from job.launch.local import run_local
@@ -83,10 +103,16 @@ def run_demo(bucket: str = "multilabel", num_images: int = 2000, workers: int | 
             server.stop()
     minutes, seconds = divmod(time.perf_counter() - start, 60)
     test = metrics.get("test", {})
-    log.info("demo finished in %dm%02ds: test macro-F1 %.4f at 0.5, %.4f with tuned thresholds. The whole run "
-             "(metrics.json, report.md, per_label.csv, *.png plots, history.json, config.json, thresholds.json, "
-             "checkpoints, tensorboard/) is copied to %s", minutes, seconds, test.get("macro_f1", float("nan")),
-             test.get("tuned", {}).get("macro_f1", float("nan")), os.path.abspath(out_dir))
+    log.info(
+        "demo finished in %dm%02ds: test macro-F1 %.4f at 0.5, %.4f with tuned thresholds. The whole run "
+        "(metrics.json, report.md, per_label.csv, *.png plots, history.json, config.json, thresholds.json, "
+        "checkpoints, tensorboard/) is copied to %s",
+        minutes,
+        seconds,
+        test.get("macro_f1", float("nan")),
+        test.get("tuned", {}).get("macro_f1", float("nan")),
+        os.path.abspath(out_dir),
+    )
     return metrics
 
 

@@ -23,8 +23,9 @@ HELP = "Export a run's best checkpoint, labels and thresholds as a TensorFlow Sa
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="The run (train's --output), local or s3://.")
-    parser.add_argument("--out", required=True,
-                        help="Folder for the SavedModel, local or s3:// (new, empty, or an earlier export).")
+    parser.add_argument(
+        "--out", required=True, help="Folder for the SavedModel, local or s3:// (new, empty, or an earlier export)."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,9 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     info = export_run(args.run, args.out)
     thresholds = ", ".join(f"{n} {t:.3f}" for n, t in zip(info.class_names, info.thresholds))
-    print(f"exported {info.checkpoint} to {info.out_uri}\n"
-          f"  signatures: serving_default (encoded image bytes), predict_images (float32 pixels "
-          f"[None, {info.image_size}, {info.image_size}, 3])\n"
-          f"  labels: {', '.join(info.class_names)}\n"
-          f"  thresholds ({info.thresholds_source}): {thresholds}")
+    print(
+        f"exported {info.checkpoint} to {info.out_uri}\n"
+        f"  signatures: serving_default (encoded image bytes), predict_images (float32 pixels "
+        f"[None, {info.image_size}, {info.image_size}, 3])\n"
+        f"  labels: {', '.join(info.class_names)}\n"
+        f"  thresholds ({info.thresholds_source}): {thresholds}"
+    )
     return 0

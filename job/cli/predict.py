@@ -25,11 +25,16 @@ HELP = "Predict labels of images with an exported model or a run."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR_OR_RUN",
-                        help="An exported SavedModel folder or a run (local or s3://).")
+    parser.add_argument(
+        "--model", required=True, metavar="DIR_OR_RUN", help="An exported SavedModel folder or a run (local or s3://)."
+    )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="Image files (JPEG, PNG, GIF, BMP), local or s3://.")
-    parser.add_argument("--format", choices=("table", "json"), default="table",
-                        help="table (default) or json (one JSON object per line).")
+    parser.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table (default) or json (one JSON object per line).",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="Images per model call (default 64).")
 
 
@@ -64,12 +69,16 @@ def run(args: argparse.Namespace) -> int:
     names = predictor.class_names
     if args.format == "json":
         for image, probs, decisions in zip(args.images, result.probabilities, result.decisions):
-            print(json.dumps({
-                "image": image,
-                "labels": [n for n, d in zip(names, decisions) if d],
-                "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)},
-                "thresholds": {n: round(float(t), 6) for n, t in zip(names, predictor.thresholds)},
-            }))
+            print(
+                json.dumps(
+                    {
+                        "image": image,
+                        "labels": [n for n, d in zip(names, decisions) if d],
+                        "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)},
+                        "thresholds": {n: round(float(t), 6) for n, t in zip(names, predictor.thresholds)},
+                    }
+                )
+            )
     else:
         print(format_table(args.images, names, result.probabilities, result.decisions))
     return 0

@@ -39,35 +39,71 @@ HELP = "Turn a folder of images plus a labels CSV into a data set (local path or
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, metavar="DIR", help="Folder the CSV's image paths are relative to.")
-    p.add_argument("--labels", required=True, metavar="CSV",
-                   help="CSV with columns `image` (relative path) and `labels` (space-separated names).")
+    p.add_argument(
+        "--labels",
+        required=True,
+        metavar="CSV",
+        help="CSV with columns `image` (relative path) and `labels` (space-separated names).",
+    )
     p.add_argument("--out", required=True, metavar="URI", help="Data set root: a local folder or s3://bucket/prefix.")
-    p.add_argument("--format", choices=("tfrecord", "parquet"), default="tfrecord",
-                   help="Shard format (default tfrecord).")
-    p.add_argument("--classes", default=None, metavar="A,B,C",
-                   help="Label names in output order; a row with any other label is a bad row. "
-                        "Default: the sorted unique names found in the CSV.")
+    p.add_argument(
+        "--format", choices=("tfrecord", "parquet"), default="tfrecord", help="Shard format (default tfrecord)."
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        metavar="A,B,C",
+        help="Label names in output order; a row with any other label is a bad row. "
+        "Default: the sorted unique names found in the CSV.",
+    )
     p.add_argument("--val-fraction", type=float, default=0.15, help="Share of images in val (default 0.15).")
     p.add_argument("--test-fraction", type=float, default=0.15, help="Share of images in test (default 0.15).")
     p.add_argument("--seed", type=int, default=0, help="Split seed: the same seed and CSV give the same shards.")
     shards = p.add_mutually_exclusive_group()
-    shards.add_argument("--num-shards", type=int, default=None, metavar="N",
-                        help="Train shards (val/test get proportionally fewer).")
-    shards.add_argument("--target-shard-mb", type=float, default=None, metavar="MB",
-                        help="Approximate shard size in MB, estimated from the image file sizes. Default: "
-                             f"{DEFAULT_TARGET_SHARD_MB:g} MB, with at least {DEFAULT_MIN_TRAIN_SHARDS} train shards.")
-    p.add_argument("--reencode", action="store_true",
-                   help="Decode every image and save it as JPEG (default: copy the bytes unchanged; "
-                        "JPEG, PNG, GIF and BMP pass through).")
-    p.add_argument("--image-size", type=int, default=None, metavar="PX",
-                   help="With --reencode: resize so the shorter side is PX pixels (aspect kept, never enlarged).")
-    p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
-                   help=f"With --reencode: JPEG quality 1..95 (default {DEFAULT_JPEG_QUALITY}).")
-    p.add_argument("--skip-bad-rows", action="store_true",
-                   help="Leave out rows whose image is missing or does not decode, or whose labels are unknown, "
-                        "and report how many; default: stop and list them.")
-    p.add_argument("--threads", type=int, default=default_threads(), metavar="N",
-                   help=f"Threads that read, check and re-encode images (default {default_threads()}).")
+    shards.add_argument(
+        "--num-shards", type=int, default=None, metavar="N", help="Train shards (val/test get proportionally fewer)."
+    )
+    shards.add_argument(
+        "--target-shard-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="Approximate shard size in MB, estimated from the image file sizes. Default: "
+        f"{DEFAULT_TARGET_SHARD_MB:g} MB, with at least {DEFAULT_MIN_TRAIN_SHARDS} train shards.",
+    )
+    p.add_argument(
+        "--reencode",
+        action="store_true",
+        help="Decode every image and save it as JPEG (default: copy the bytes unchanged; "
+        "JPEG, PNG, GIF and BMP pass through).",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="With --reencode: resize so the shorter side is PX pixels (aspect kept, never enlarged).",
+    )
+    p.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=None,
+        metavar="Q",
+        help=f"With --reencode: JPEG quality 1..95 (default {DEFAULT_JPEG_QUALITY}).",
+    )
+    p.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="Leave out rows whose image is missing or does not decode, or whose labels are unknown, "
+        "and report how many; default: stop and list them.",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        metavar="N",
+        help=f"Threads that read, check and re-encode images (default {default_threads()}).",
+    )
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
 
 
@@ -96,10 +132,13 @@ def run(args: argparse.Namespace) -> int:
     sizes = ", ".join(f"{s} {manifest.num_examples(s)}" for s in manifest.splits)
     names = manifest.class_names
     shown = ", ".join(names[:10]) + (f", ... ({len(names) - 10} more)" if len(names) > 10 else "")
-    skipped = (f"; skipped {len(result.skipped)} bad row(s) of {result.rows} (row 1 is the header)"
-               if result.skipped else "")
-    print(f"wrote {result.num_images} images ({sizes}) with {len(manifest.class_names)} classes "
-          f"({shown}) to {args.out} in {result.seconds:.1f} s "
-          f"({result.num_images / max(result.seconds, 1e-9):.0f} images/s){skipped}")
+    skipped = (
+        f"; skipped {len(result.skipped)} bad row(s) of {result.rows} (row 1 is the header)" if result.skipped else ""
+    )
+    print(
+        f"wrote {result.num_images} images ({sizes}) with {len(manifest.class_names)} classes "
+        f"({shown}) to {args.out} in {result.seconds:.1f} s "
+        f"({result.num_images / max(result.seconds, 1e-9):.0f} images/s){skipped}"
+    )
     print(f"check it with: python -m job validate {args.out} --full-hash")
     return 0

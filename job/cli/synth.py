@@ -24,11 +24,22 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--num-shards", type=int, default=4, help="Train shards (val/test get proportionally fewer).")
     s.add_argument("--val-fraction", type=float, default=0.15, help="Share of images in val (default 0.15).")
     s.add_argument("--test-fraction", type=float, default=0.15, help="Share of images in test (default 0.15).")
-    s.add_argument("--pair", action="append", default=[], metavar="A:B:P",
-                   help="Tie labels A and B: when one is present the other is too with probability P "
-                        "(1.0 = always together). Repeatable.")
-    s.add_argument("--label-probability", type=float, nargs="+", default=None, metavar="P",
-                   help="Probability of each label (desert mountains sea sunset trees), default 0.35 each.")
+    s.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        metavar="A:B:P",
+        help="Tie labels A and B: when one is present the other is too with probability P "
+        "(1.0 = always together). Repeatable.",
+    )
+    s.add_argument(
+        "--label-probability",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="P",
+        help="Probability of each label (desert mountains sea sunset trees), default 0.35 each.",
+    )
     s.add_argument("--quiet", action="store_true", help="No progress bar.")
 
 
@@ -38,11 +49,21 @@ def run(args: argparse.Namespace) -> int:
         spec_kwargs["label_probability"] = tuple(args.label_probability)
     spec = SceneSpec(**spec_kwargs)
     start = time.perf_counter()
-    manifest = write_synthetic(args.out, spec, num_images=args.num_images, seed=args.seed, fmt=args.format,
-                               num_shards=args.num_shards, val_fraction=args.val_fraction,
-                               test_fraction=args.test_fraction, progress=not args.quiet)
+    manifest = write_synthetic(
+        args.out,
+        spec,
+        num_images=args.num_images,
+        seed=args.seed,
+        fmt=args.format,
+        num_shards=args.num_shards,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        progress=not args.quiet,
+    )
     seconds = time.perf_counter() - start
     sizes = ", ".join(f"{s} {manifest.num_examples(s)}" for s in manifest.splits)
-    print(f"wrote {args.num_images} synthetic images ({sizes}) to {args.out} in {seconds:.1f} s "
-          f"({args.num_images / max(seconds, 1e-9):.0f} images/s)")
+    print(
+        f"wrote {args.num_images} synthetic images ({sizes}) to {args.out} in {seconds:.1f} s "
+        f"({args.num_images / max(seconds, 1e-9):.0f} images/s)"
+    )
     return 0

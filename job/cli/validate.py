@@ -26,8 +26,13 @@ def add_arguments(v: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     storage.check_access(args.uri)
     bar = Progress("validate", unit="shards", enabled=not args.quiet)
-    report = validate_dataset(args.uri, full_hash=args.full_hash, workers=args.workers,
-                              sample_records=args.sample_records, progress=bar.update)
+    report = validate_dataset(
+        args.uri,
+        full_hash=args.full_hash,
+        workers=args.workers,
+        sample_records=args.sample_records,
+        progress=bar.update,
+    )
     bar.close()
     print(report.render())
     return 0 if report.ok else 1

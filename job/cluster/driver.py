@@ -58,10 +58,20 @@ def connect(cfg: Config) -> None:
         return
     s = cfg.scaling
     num_cpus = s.num_workers * s.cpus_per_worker + s.data_cpus
-    log.info("starting a local Ray with %g logical CPUs (%d workers x %g + %g for data)", num_cpus,
-             s.num_workers, s.cpus_per_worker, s.data_cpus)
-    ray.init(num_cpus=max(1, int(round(num_cpus + 0.499))), num_gpus=(s.num_workers * s.gpus_per_worker) if s.use_gpu else 0,
-             include_dashboard=False, logging_level=logging_level, log_to_driver=True)
+    log.info(
+        "starting a local Ray with %g logical CPUs (%d workers x %g + %g for data)",
+        num_cpus,
+        s.num_workers,
+        s.cpus_per_worker,
+        s.data_cpus,
+    )
+    ray.init(
+        num_cpus=max(1, int(round(num_cpus + 0.499))),
+        num_gpus=(s.num_workers * s.gpus_per_worker) if s.use_gpu else 0,
+        include_dashboard=False,
+        logging_level=logging_level,
+        log_to_driver=True,
+    )
 
 
 class _RestartWatcher:
@@ -86,8 +96,9 @@ class _RestartWatcher:
         if restarts > self.restarts:
             self.telemetry.add_worker_restarts(restarts - self.restarts)
             self.restarts = restarts
-            log.warning("the worker group restarted (%d restart(s) so far); resuming from the latest checkpoint",
-                        restarts)
+            log.warning(
+                "the worker group restarted (%d restart(s) so far); resuming from the latest checkpoint", restarts
+            )
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -106,8 +117,9 @@ class _RestartWatcher:
 # ---------------------------------------------------------------------------- driver
 
 
-def run_distributed(cfg: Config, data_uri: str, output_uri: str, run_name: str | None = None,
-                    dry_run: bool = False) -> dict | None:
+def run_distributed(
+    cfg: Config, data_uri: str, output_uri: str, run_name: str | None = None, dry_run: bool = False
+) -> dict | None:
     """Plan, check, train on Ray Train, evaluate. Returns metrics.json's content."""
     plan = start_run(cfg, data_uri, output_uri, run_name, cfg.scaling.num_workers, dry_run)
     if plan is None:
@@ -156,9 +168,11 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
             storage_path=runs_root,
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_best,
-                                               checkpoint_score_attribute="val_loss",
-                                               checkpoint_score_order="min"),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.checkpoint.keep_best,
+                checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min",
+            ),
         ),
         datasets=datasets,
         # Only train is split across workers; every worker validates on the whole val split,

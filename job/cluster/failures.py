@@ -18,10 +18,14 @@ def describe_failure(exc: BaseException, max_failures: int) -> str:
                     break
         if rank is not None:
             break
-    cause = next((ln for ln in reversed(lines) if "Error" in ln or "died" in ln or "exit" in ln.lower()),
-                 lines[-1] if lines else type(exc).__name__)
+    cause = next(
+        (ln for ln in reversed(lines) if "Error" in ln or "died" in ln or "exit" in ln.lower()),
+        lines[-1] if lines else type(exc).__name__,
+    )
     cause = cause.split(" Some common causes")[0]
     who = f"worker rank {rank}" if rank is not None else "a training worker"
-    return (f"Training failed: {who} failed ({cause[:400]}). Ray Train was allowed {max_failures} restart(s) "
-            f"(scaling.max_failures). Re-run the same command to resume from the latest checkpoint; raise "
-            f"scaling.max_failures to survive more worker losses. Use --verbose for Ray's full log.")
+    return (
+        f"Training failed: {who} failed ({cause[:400]}). Ray Train was allowed {max_failures} restart(s) "
+        f"(scaling.max_failures). Re-run the same command to resume from the latest checkpoint; raise "
+        f"scaling.max_failures to survive more worker losses. Use --verbose for Ray's full log."
+    )

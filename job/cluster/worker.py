@@ -52,8 +52,7 @@ def worker_entry(config: dict[str, Any]) -> None:
     from job.training import loop
 
     ctx = ray.train.get_context()
-    info = loop.WorkerInfo(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
-                           local_rank=ctx.get_local_rank())
+    info = loop.WorkerInfo(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), local_rank=ctx.get_local_rank())
     setup_worker_logging(info.rank)
     quiet_ray_data()
     cfg = config_from_dict(config["config"])
@@ -67,7 +66,8 @@ def worker_entry(config: dict[str, Any]) -> None:
     def from_shard(name: str):
         shard = ray.train.get_dataset_shard(name)
         source = pipeline.ReleasableBatches(
-            lambda: shard.iter_batches(batch_size=HANDOVER_BATCH_ROWS, batch_format="numpy", prefetch_batches=2))
+            lambda: shard.iter_batches(batch_size=HANDOVER_BATCH_ROWS, batch_format="numpy", prefetch_batches=2)
+        )
         sources.append(source)
         return lambda: pipeline.examples_from_batches(source, num_classes)
 
@@ -75,11 +75,22 @@ def worker_entry(config: dict[str, Any]) -> None:
         for source in sources:
             source.release()
 
-    telemetry = WorkerTelemetry(plan.run_name, info.rank,
-                                worker_port(cfg.telemetry.worker_port_base, info.local_rank),
-                                enabled=cfg.telemetry.enabled)
+    telemetry = WorkerTelemetry(
+        plan.run_name,
+        info.rank,
+        worker_port(cfg.telemetry.worker_port_base, info.local_rank),
+        enabled=cfg.telemetry.enabled,
+    )
     try:
-        loop.train_worker(cfg, plan, info, from_shard("train"), from_shard("val"), RayReporter(), telemetry,
-                          release_inputs=release_inputs)
+        loop.train_worker(
+            cfg,
+            plan,
+            info,
+            from_shard("train"),
+            from_shard("val"),
+            RayReporter(),
+            telemetry,
+            release_inputs=release_inputs,
+        )
     finally:
         telemetry.close()

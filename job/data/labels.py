@@ -255,9 +255,7 @@ def _check_columns(y: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     """Check `y` has one column per class name; return it as an int64 0/1 matrix."""
     y = _as_label_matrix(y)
     if y.shape[1] != len(class_names):
-        raise ValueError(
-            f"labels have {y.shape[1]} columns but there are {len(class_names)} class names"
-        )
+        raise ValueError(f"labels have {y.shape[1]} columns but there are {len(class_names)} class names")
     _class_index(class_names)
     return y
 
@@ -289,19 +287,24 @@ def format_label_analysis(
     _check_threshold(threshold)
     y = _check_columns(y, class_names)
     if y.shape[0] == 0:
-        raise UserError("the data set has no images, so there are no labels to analyse; "
-                        "check the --data URI points at a data set with at least one image.")
+        raise UserError(
+            "the data set has no images, so there are no labels to analyse; "
+            "check the --data URI points at a data set with at least one image."
+        )
     names = list(class_names)
     sections = [
         _format_frequencies(y, names),
         _format_matrix(
             "Co-occurrence: images with both labels (diagonal = images with the label)",
-            cooccurrence(y), names, lambda v: str(int(v)),
+            cooccurrence(y),
+            names,
+            lambda v: str(int(v)),
         ),
         _format_matrix(
-            "P(column | row): of the images with the row label, the share that also has "
-            "the column label",
-            conditional_probabilities(y), names, lambda v: f"{v:.3f}",
+            "P(column | row): of the images with the row label, the share that also has the column label",
+            conditional_probabilities(y),
+            names,
+            lambda v: f"{v:.3f}",
         ),
         _format_phi(y, names),
         _format_flags(find_correlated_pairs(y, names, threshold), threshold),
@@ -314,20 +317,22 @@ def _format_frequencies(y: np.ndarray, names: list[str]) -> str:
     n = y.shape[0]
     counts = y.sum(axis=0)
     width = max(len(s) for s in names + ["label"])
-    lines = [f"Label frequencies ({n} images, {len(names)} labels)",
-             f"  {'label':<{width}}  {'count':>7}  {'share':>6}"]
+    lines = [
+        f"Label frequencies ({n} images, {len(names)} labels)",
+        f"  {'label':<{width}}  {'count':>7}  {'share':>6}",
+    ]
     for name, count in zip(names, counts):
         lines.append(f"  {name:<{width}}  {count:>7d}  {count / n:>6.1%}")
     per_image = y.sum(axis=1)
-    lines.append(f"  mean labels per image: {per_image.mean():.2f}; "
-                 f"images with no label: {int((per_image == 0).sum())}")
+    lines.append(
+        f"  mean labels per image: {per_image.mean():.2f}; images with no label: {int((per_image == 0).sum())}"
+    )
     # A label in every image (or none) gives the model nothing to contrast it with.
     for name, count in zip(names, counts):
         if count == 0:
             lines.append(f"  NOTE {name} appears in no image: the model cannot learn it.")
         elif count == n:
-            lines.append(f"  NOTE {name} appears in every image: the model cannot learn "
-                         "when it is absent.")
+            lines.append(f"  NOTE {name} appears in every image: the model cannot learn when it is absent.")
     return "\n".join(lines)
 
 
@@ -350,8 +355,7 @@ def _format_phi(y: np.ndarray, names: list[str]) -> str:
     # NaN sorts last: there is nothing to rank for a constant label.
     pairs.sort(key=lambda t: (np.isnan(t[2]), -abs(t[2]) if not np.isnan(t[2]) else 0.0))
     width = max([len(f"{a} + {b}") for a, b, _ in pairs] + [4])
-    lines = ["Phi correlation per pair, strongest first "
-             "(+1 always together, -1 never together, 0 unrelated)"]
+    lines = ["Phi correlation per pair, strongest first (+1 always together, -1 never together, 0 unrelated)"]
     for a, b, value in pairs:
         text = "n/a (a label is in every image or in none)" if np.isnan(value) else f"{value:+.3f}"
         lines.append(f"  {a + ' + ' + b:<{width}}  {text}")

@@ -14,7 +14,7 @@ import queue
 import tempfile
 import threading
 import time
-from typing import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -56,7 +56,9 @@ def load_shard_arrays(uri: str, fmt: str, num_classes: int) -> tuple[np.ndarray,
 def _parse_shard_careful(data: bytes, uri: str, fmt: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     examples = list(shards.read_shard(data, fmt, uri))
     images = np.array([e.image for e in examples], dtype=object)
-    labels = np.stack([e.labels for e in examples]).astype(np.int64) if examples else np.zeros((0, num_classes), np.int64)
+    labels = (
+        np.stack([e.labels for e in examples]).astype(np.int64) if examples else np.zeros((0, num_classes), np.int64)
+    )
     return images, labels
 
 
@@ -74,10 +76,13 @@ def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tupl
             raw = next(iter(tf.data.TFRecordDataset(path).batch(max(count, 1)))) if count else tf.zeros([0], tf.string)
         if int(raw.shape[0]) != count:
             raise ValueError("record count differs from the framing")
-        parsed = tf.io.parse_example(raw, {
-            "image": tf.io.FixedLenFeature([], tf.string),
-            "labels": tf.io.FixedLenFeature([num_classes], tf.int64),
-        })
+        parsed = tf.io.parse_example(
+            raw,
+            {
+                "image": tf.io.FixedLenFeature([], tf.string),
+                "labels": tf.io.FixedLenFeature([num_classes], tf.int64),
+            },
+        )
         return parsed["image"].numpy().astype(object), parsed["labels"].numpy().astype(np.int64)
     table = shards.parquet_table(data, columns=["image", "labels"])
     images = np.array(table.column("image").to_pylist(), dtype=object)
@@ -88,8 +93,9 @@ def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tupl
     return images, flat.astype(np.int64).reshape(table.num_rows, num_classes)
 
 
-def examples_from_shards(root: str, manifest: shards.Manifest, split: str, *, shuffle_shards: bool = False,
-                         seed: int = 0) -> tf.data.Dataset:
+def examples_from_shards(
+    root: str, manifest: shards.Manifest, split: str, *, shuffle_shards: bool = False, seed: int = 0
+) -> tf.data.Dataset:
     """(image bytes, labels) for every example of `split`, reading one shard at a time."""
     uris = manifest.shard_uris(root, split)
     if not uris:
@@ -176,7 +182,9 @@ class ReleasableBatches:
             yield item
 
 
-def examples_from_batches(make_batches: Callable[[], Iterator[Mapping[str, np.ndarray]]], num_classes: int) -> tf.data.Dataset:
+def examples_from_batches(
+    make_batches: Callable[[], Iterator[Mapping[str, np.ndarray]]], num_classes: int
+) -> tf.data.Dataset:
     """(image bytes, labels) from an iterator factory of column batches (Ray Data's iter_batches).
 
     A batch holds either "image" (encoded bytes) and "labels" (0/1 lists of `num_classes`),
@@ -184,6 +192,7 @@ def examples_from_batches(make_batches: Callable[[], Iterator[Mapping[str, np.nd
     give; records are parsed here a whole batch at a time. The factory is called again at
     every pass, so each epoch streams the shard anew.
     """
+
     def generate():
         for batch in make_batches():
             if "record" in batch:
@@ -234,8 +243,16 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def make_pipeline(examples: tf.data.Dataset, cfg: DataConfig, *, training: bool, batch_size: int, seed: int = 0,
-                  repeat: bool = False, drop_remainder: bool = False) -> tf.data.Dataset:
+def make_pipeline(
+    examples: tf.data.Dataset,
+    cfg: DataConfig,
+    *,
+    training: bool,
+    batch_size: int,
+    seed: int = 0,
+    repeat: bool = False,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """The one chain every run uses, from (bytes, labels) to batches of (images, labels).
 
     Args:
@@ -260,11 +277,15 @@ def make_pipeline(examples: tf.data.Dataset, cfg: DataConfig, *, training: bool,
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
         ds = ds.map(
             lambda ex, s: (augment_image(decode_image(ex[0], cfg.image_size), s), ex[1]),
-            num_parallel_calls=parallel, deterministic=False,
+            num_parallel_calls=parallel,
+            deterministic=False,
         )
     else:
-        ds = ds.map(lambda img, y: (decode_image(img, cfg.image_size), y),
-                    num_parallel_calls=parallel, deterministic=not training)
+        ds = ds.map(
+            lambda img, y: (decode_image(img, cfg.image_size), y),
+            num_parallel_calls=parallel,
+            deterministic=not training,
+        )
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     # Bounded prefetch: enough to overlap input with the step, without unbounded memory.
     return ds.prefetch(cfg.prefetch_batches) if cfg.prefetch_batches else ds

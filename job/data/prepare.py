@@ -29,9 +29,9 @@ import io
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -126,8 +126,10 @@ class PrepareOptions:
         if self.target_shard_mb is not None and not self.target_shard_mb > 0:
             raise UserError(f"--target-shard-mb must be above 0, got {self.target_shard_mb}.")
         if not self.reencode and (self.image_size is not None or self.jpeg_quality is not None):
-            raise UserError("--image-size and --jpeg-quality only apply with --reencode; add --reencode "
-                            "or drop them (without it image bytes are copied unchanged).")
+            raise UserError(
+                "--image-size and --jpeg-quality only apply with --reencode; add --reencode "
+                "or drop them (without it image bytes are copied unchanged)."
+            )
         if self.image_size is not None and self.image_size < 8:
             raise UserError(f"--image-size must be at least 8 pixels, got {self.image_size}.")
         if not 1 <= self.quality <= 95:
@@ -171,8 +173,10 @@ def check_class_names(names: Sequence[str]) -> None:
         raise UserError(f"--classes lists {', '.join(map(repr, repeated))} more than once; each label once, please.")
     spaced = [n for n in names if any(ch.isspace() for ch in n)]
     if spaced:
-        raise UserError(f"class name(s) {', '.join(map(repr, spaced))} contain spaces, but the CSV's labels "
-                        "field is space-separated; rename them (e.g. with underscores).")
+        raise UserError(
+            f"class name(s) {', '.join(map(repr, spaced))} contain spaces, but the CSV's labels "
+            "field is space-separated; rename them (e.g. with underscores)."
+        )
 
 
 def read_rows(labels_csv: str, images_dir: str) -> list[Row]:
@@ -182,11 +186,13 @@ def read_rows(labels_csv: str, images_dir: str) -> list[Row]:
         UserError when the CSV is missing, empty, has no data rows or lacks a required column.
     """
     if not os.path.isfile(labels_csv):
-        raise UserError(f"--labels {labels_csv}: no such file. Give the path of the CSV with columns "
-                        f"{', '.join(REQUIRED_COLUMNS)}.")
+        raise UserError(
+            f"--labels {labels_csv}: no such file. Give the path of the CSV with columns {', '.join(REQUIRED_COLUMNS)}."
+        )
     if not os.path.isdir(images_dir):
-        raise UserError(f"--images {images_dir}: no such folder. Give the folder the CSV's image paths are "
-                        "relative to.")
+        raise UserError(
+            f"--images {images_dir}: no such folder. Give the folder the CSV's image paths are relative to."
+        )
     name = os.path.basename(labels_csv)
     try:
         # utf-8-sig: spreadsheet exports often start with a byte-order mark.
@@ -201,7 +207,8 @@ def read_rows(labels_csv: str, images_dir: str) -> list[Row]:
                 raise UserError(
                     f"{labels_csv} lacks column(s) {', '.join(missing)} (its header is: {', '.join(columns)}). "
                     f"The first row must name the columns `image` (a path relative to the images folder) and "
-                    f"`labels` (space-separated label names), e.g.\n  image,labels\n  0001.jpg,sea sunset")
+                    f"`labels` (space-separated label names), e.g.\n  image,labels\n  0001.jpg,sea sunset"
+                )
             i_image, i_labels = columns.index("image"), columns.index("labels")
             rows = []
             # Row numbers as a spreadsheet shows them: the header is row 1.
@@ -210,8 +217,14 @@ def read_rows(labels_csv: str, images_dir: str) -> list[Row]:
                     continue  # blank line
                 image = fields[i_image].strip() if i_image < len(fields) else ""
                 labels = fields[i_labels] if i_labels < len(fields) else ""
-                rows.append(Row(number=number, image=image, path=os.path.join(images_dir, image),
-                                labels=tuple(parse_label_field(labels))))
+                rows.append(
+                    Row(
+                        number=number,
+                        image=image,
+                        path=os.path.join(images_dir, image),
+                        labels=tuple(parse_label_field(labels)),
+                    )
+                )
     except UnicodeDecodeError as exc:
         raise UserError(f"{labels_csv} is not UTF-8 text ({exc}); save it as UTF-8 CSV.") from None
     except csv.Error as exc:
@@ -248,15 +261,18 @@ def check_image_file(path: str, pass_through: bool) -> str | None:
         return "the image is empty (0 pixels)"
     if pass_through:
         if fmt not in PASS_THROUGH_FORMATS:
-            return (f"{fmt} images cannot be decoded by TensorFlow; re-encode them as JPEG with --reencode "
-                    f"(or convert the file)")
+            return (
+                f"{fmt} images cannot be decoded by TensorFlow; re-encode them as JPEG with --reencode "
+                f"(or convert the file)"
+            )
         if fmt == "JPEG" and mode == "CMYK":
             return "CMYK JPEG cannot be decoded by TensorFlow; re-encode with --reencode"
     return None
 
 
-def check_rows(rows: Sequence[Row], classes: Sequence[str] | None, *, pass_through: bool, threads: int,
-               progress: bool = False) -> tuple[list[Row], list[BadRow]]:
+def check_rows(
+    rows: Sequence[Row], classes: Sequence[str] | None, *, pass_through: bool, threads: int, progress: bool = False
+) -> tuple[list[Row], list[BadRow]]:
     """Split rows into usable ones and bad ones (each with its problem), keeping CSV order."""
     bad: dict[int, BadRow] = {}
     known = set(classes) if classes is not None else None
@@ -268,23 +284,29 @@ def check_rows(rows: Sequence[Row], classes: Sequence[str] | None, *, pass_throu
             continue
         key = os.path.normpath(row.image)
         if key in first_seen:
-            bad[row.number] = BadRow(row.number, row.image, f"the same image is listed at row {first_seen[key]}; "
-                                                            "list each image once, with all its labels")
+            bad[row.number] = BadRow(
+                row.number,
+                row.image,
+                f"the same image is listed at row {first_seen[key]}; list each image once, with all its labels",
+            )
             continue
         first_seen[key] = row.number
         if known is not None:
             unknown = [n for n in row.labels if n not in known]
             if unknown:
-                bad[row.number] = BadRow(row.number, row.image,
-                                         f"unknown label(s) {', '.join(map(repr, unknown))}; --classes lists "
-                                         f"{', '.join(classes)}")
+                bad[row.number] = BadRow(
+                    row.number,
+                    row.image,
+                    f"unknown label(s) {', '.join(map(repr, unknown))}; --classes lists {', '.join(classes)}",
+                )
                 continue
         candidates.append(row)
 
     bar = Progress("checking", unit="images", enabled=progress)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for done, (row, problem) in enumerate(
-                zip(candidates, pool.map(lambda r: check_image_file(r.path, pass_through), candidates)), start=1):
+            zip(candidates, pool.map(lambda r: check_image_file(r.path, pass_through), candidates)), start=1
+        ):
             if problem:
                 bad[row.number] = BadRow(row.number, row.image, problem)
             if done % 100 == 0 or done == len(candidates):
@@ -300,7 +322,8 @@ def bad_rows_error(bad: Sequence[BadRow], labels_csv: str, total: int) -> UserEr
     more = f"\n  ... and {len(bad) - MAX_LISTED_ROWS} more" if len(bad) > MAX_LISTED_ROWS else ""
     return UserError(
         f"{len(bad)} of {total} rows in {labels_csv} cannot be used (row numbers count the header as row 1):\n"
-        f"{listed}{more}\nFix those rows, or pass --skip-bad-rows to leave them out. Nothing was written.")
+        f"{listed}{more}\nFix those rows, or pass --skip-bad-rows to leave them out. Nothing was written."
+    )
 
 
 # ---------------------------------------------------------------------------- images
@@ -330,8 +353,11 @@ def load_image(path: str, reencode: bool, image_size: int | None, jpeg_quality: 
             im = im.convert("RGB")
         if image_size is not None and min(im.size) > image_size:
             scale = image_size / min(im.size)
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                           Image.Resampling.BICUBIC, reducing_gap=3.0)
+            im = im.resize(
+                (max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                Image.Resampling.BICUBIC,
+                reducing_gap=3.0,
+            )
         out = io.BytesIO()
         im.save(out, format="JPEG", quality=jpeg_quality)
         return out.getvalue()
@@ -390,8 +416,9 @@ def train_shard_count(rows: Sequence[Row], train_idx: np.ndarray, options: Prepa
 # ---------------------------------------------------------------------------- prepare
 
 
-def prepare_dataset(images_dir: str, labels_csv: str, out: str, options: PrepareOptions = PrepareOptions(),
-                    progress: bool = True) -> PrepareResult:
+def prepare_dataset(
+    images_dir: str, labels_csv: str, out: str, options: PrepareOptions = PrepareOptions(), progress: bool = True
+) -> PrepareResult:
     """Check the images and CSV, then write them as a data set at `out` (local path or s3://).
 
     Args:
@@ -412,16 +439,20 @@ def prepare_dataset(images_dir: str, labels_csv: str, out: str, options: Prepare
     rows = read_rows(labels_csv, images_dir)
     storage.check_access(out, write=True)
 
-    good, bad = check_rows(rows, options.classes, pass_through=not options.reencode, threads=options.threads,
-                           progress=progress)
+    good, bad = check_rows(
+        rows, options.classes, pass_through=not options.reencode, threads=options.threads, progress=progress
+    )
     if bad and not options.skip_bad_rows:
         raise bad_rows_error(bad, labels_csv, len(rows))
     if not good:
-        raise UserError(f"None of the {len(rows)} rows in {labels_csv} can be used; fix the rows listed above "
-                        f"(first: {bad[0].describe(os.path.basename(labels_csv))}).")
+        raise UserError(
+            f"None of the {len(rows)} rows in {labels_csv} can be used; fix the rows listed above "
+            f"(first: {bad[0].describe(os.path.basename(labels_csv))})."
+        )
 
-    class_names = list(options.classes) if options.classes is not None else sorted(
-        {name for row in good for name in row.labels})
+    class_names = (
+        list(options.classes) if options.classes is not None else sorted({name for row in good for name in row.labels})
+    )
     if not class_names:
         raise UserError(f"No row in {labels_csv} has any label; fill the `labels` column (space-separated names).")
     labels = np.stack([to_multi_hot(row.labels, class_names) for row in good]).astype(np.int64)
@@ -431,35 +462,42 @@ def prepare_dataset(images_dir: str, labels_csv: str, out: str, options: Prepare
     # write_dataset asks for examples split by split, each in index order.
     order = np.concatenate([assigned[name] for name in shards.SPLITS if len(assigned.get(name, []))])
     prefetch = _Prefetcher(
-        order, lambda i: load_image(good[i].path, options.reencode, options.image_size, options.quality),
-        threads=options.threads, window=4 * options.threads)
+        order,
+        lambda i: load_image(good[i].path, options.reencode, options.image_size, options.quality),
+        threads=options.threads,
+        window=4 * options.threads,
+    )
 
     def make_example(i: int) -> shards.Example:
         try:
             image = prefetch.get(i)
         except (OSError, ValueError) as exc:
             # The file changed or vanished after the check.
-            raise UserError(f"{os.path.basename(labels_csv)} row {good[i].number} ({good[i].image}): cannot read "
-                            f"the image while writing ({type(exc).__name__}: {exc}).") from None
+            raise UserError(
+                f"{os.path.basename(labels_csv)} row {good[i].number} ({good[i].image}): cannot read "
+                f"the image while writing ({type(exc).__name__}: {exc})."
+            ) from None
         return shards.Example(id=good[i].image, image=image, labels=labels[i])
 
-    source = {"prepare": {
-        "images": os.path.abspath(images_dir),
-        "labels_csv": os.path.abspath(labels_csv),
-        "labels_csv_sha256": storage.sha256_file(labels_csv),
-        "rows": len(rows),
-        "skipped_rows": [b.number for b in bad],
-        "seed": options.seed,
-        "val_fraction": options.val_fraction,
-        "test_fraction": options.test_fraction,
-        "reencode": options.reencode,
-        "image_size": options.image_size,
-        "jpeg_quality": options.quality if options.reencode else None,
-    }}
+    source = {
+        "prepare": {
+            "images": os.path.abspath(images_dir),
+            "labels_csv": os.path.abspath(labels_csv),
+            "labels_csv_sha256": storage.sha256_file(labels_csv),
+            "rows": len(rows),
+            "skipped_rows": [b.number for b in bad],
+            "seed": options.seed,
+            "val_fraction": options.val_fraction,
+            "test_fraction": options.test_fraction,
+            "reencode": options.reencode,
+            "image_size": options.image_size,
+            "jpeg_quality": options.quality if options.reencode else None,
+        }
+    }
     try:
-        manifest = splits.write_dataset(out, class_names, options.fmt, assigned, make_example, num_train_shards,
-                                          source, progress)
+        manifest = splits.write_dataset(
+            out, class_names, options.fmt, assigned, make_example, num_train_shards, source, progress
+        )
     finally:
         prefetch.close()
     return PrepareResult(manifest=manifest, rows=len(rows), skipped=bad, seconds=time.perf_counter() - start)
-

@@ -45,9 +45,7 @@ def draw_scene(
     scene.paint_sky()
     if has.get("mountains", False):
         scene.paint_mountains()
-    scene.paint_ground(
-        sea=has.get("sea", False), desert=has.get("desert", False), trees=has.get("trees", False)
-    )
+    scene.paint_ground(sea=has.get("sea", False), desert=has.get("desert", False), trees=has.get("trees", False))
     if has.get("trees", False):
         scene.paint_trees()
     image = scene.image
@@ -92,15 +90,20 @@ class _Scene:
         """Blue gradient by day; purple -> red -> orange at sunset, with a low sun."""
         rng, h = self.rng, self.horizon
         if self.sunset:
-            stops = [_jitter((75, 40, 120), 20, rng), _jitter((215, 80, 75), 20, rng),
-                     _jitter((250, 165, 70), 12, rng)]
+            stops = [_jitter((75, 40, 120), 20, rng), _jitter((215, 80, 75), 20, rng), _jitter((250, 165, 70), 12, rng)]
         else:
-            stops = [_jitter((45, 95, 195), 20, rng), _jitter((105, 155, 225), 15, rng),
-                     _jitter((165, 205, 240), 12, rng)]
+            stops = [
+                _jitter((45, 95, 195), 20, rng),
+                _jitter((105, 155, 225), 15, rng),
+                _jitter((165, 205, 240), 12, rng),
+            ]
         t = np.linspace(0.0, 1.0, h)[:, None]
         stops_arr = np.asarray(stops, dtype=np.float64)
-        rows = np.where(t < 0.5, stops_arr[0] + (stops_arr[1] - stops_arr[0]) * (t / 0.5),
-                        stops_arr[1] + (stops_arr[2] - stops_arr[1]) * ((t - 0.5) / 0.5))
+        rows = np.where(
+            t < 0.5,
+            stops_arr[0] + (stops_arr[1] - stops_arr[0]) * (t / 0.5),
+            stops_arr[1] + (stops_arr[2] - stops_arr[1]) * ((t - 0.5) / 0.5),
+        )
         sky = np.broadcast_to(rows[:, None, :], (h, self.size, 3)).astype(np.uint8)
         self.image.paste(Image.fromarray(np.ascontiguousarray(sky)), (0, 0))
         self._paint_clouds()
@@ -114,8 +117,9 @@ class _Scene:
             cx, cy = rng.uniform(0, s), rng.uniform(0.06, 0.22) * s
             w, hh = rng.uniform(0.08, 0.16) * s, rng.uniform(0.025, 0.045) * s
             for dx in (-w * 0.5, 0.0, w * 0.5):
-                self.draw.ellipse((cx + dx - w * 0.5, cy - hh, cx + dx + w * 0.5, cy + hh),
-                                  fill=_jitter(colour, 8, rng))
+                self.draw.ellipse(
+                    (cx + dx - w * 0.5, cy - hh, cx + dx + w * 0.5, cy + hh), fill=_jitter(colour, 8, rng)
+                )
 
     def _paint_sun(self) -> None:
         """Sunset: a big orange-yellow disc with a glow near the horizon; day: sometimes a
@@ -126,8 +130,7 @@ class _Scene:
             cx, cy = rng.uniform(0.2, 0.8) * s, self.horizon - r * rng.uniform(-0.3, 1.2)
             self.sun_x = cx
             glow = r * 1.6
-            self.draw.ellipse((cx - glow, cy - glow, cx + glow, cy + glow),
-                              fill=_jitter((250, 150, 80), 10, rng))
+            self.draw.ellipse((cx - glow, cy - glow, cx + glow, cy + glow), fill=_jitter((250, 150, 80), 10, rng))
             disc = _jitter((255, 225, 130), 12, rng)
             self.draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=disc)
         elif rng.random() < 0.3:
@@ -160,8 +163,7 @@ class _Scene:
     def _paint_snow_cap(self, top, left, right) -> None:
         """White (pink at sunset) cap over the upper third of a peak."""
         f = self.rng.uniform(0.3, 0.45)
-        cap = [top, _lerp(top, right, f), _lerp(top, (top[0], right[1]), f * 0.8),
-               _lerp(top, left, f)]
+        cap = [top, _lerp(top, right, f), _lerp(top, (top[0], right[1]), f * 0.8), _lerp(top, left, f)]
         self.draw.polygon(cap, fill=(245, 205, 205) if self.sunset else (242, 244, 248))
 
     # -- ground ------------------------------------------------------------------------
@@ -187,8 +189,11 @@ class _Scene:
             if not land_left:
                 x_top, x_bottom = s - x_top, s - x_bottom
             self.shore = (x_top, x_bottom, land_left)
-            sea_polygon = ([(x_top, h), (s, h), (s, s), (x_bottom, s)] if land_left
-                           else [(0, h), (x_top, h), (x_bottom, s), (0, s)])
+            sea_polygon = (
+                [(x_top, h), (s, h), (s, s), (x_bottom, s)]
+                if land_left
+                else [(0, h), (x_top, h), (x_bottom, s), (0, s)]
+            )
         else:
             sea_polygon = [(0, h), (s, h), (s, s), (0, s)]
         self.draw.polygon(sea_polygon, fill=_scale(_jitter((35, 85, 165), 14, rng), self.light))
@@ -264,16 +269,17 @@ class _Scene:
             trunk_w = max(1.5, height * 0.09)
             trunk = _scale(_jitter((105, 68, 38), 10, rng), self.light)
             canopy = _scale(_jitter((45, 128, 45), 18, rng), self.light)
-            self.draw.rectangle((x - trunk_w / 2, base_y - height * 0.55, x + trunk_w / 2, base_y),
-                                fill=trunk)
+            self.draw.rectangle((x - trunk_w / 2, base_y - height * 0.55, x + trunk_w / 2, base_y), fill=trunk)
             if rng.random() < 0.6:
                 r = height * rng.uniform(0.27, 0.33)
                 cy = base_y - height + r
                 self.draw.ellipse((x - r * 1.1, cy - r, x + r * 1.1, cy + r), fill=canopy)
             else:
                 half = height * 0.26
-                self.draw.polygon([(x, base_y - height), (x + half, base_y - height * 0.3),
-                                   (x - half, base_y - height * 0.3)], fill=canopy)
+                self.draw.polygon(
+                    [(x, base_y - height), (x + half, base_y - height * 0.3), (x - half, base_y - height * 0.3)],
+                    fill=canopy,
+                )
 
     def _land_x(self, y: float) -> float:
         """A random x on land at height y (away from the sea when there is a shore)."""

@@ -17,8 +17,8 @@ import hashlib
 import io
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ _MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF8", "g
 
 
 def sniff_encoding(image: bytes) -> str:
-    """"jpeg", "png", "gif" or "bmp" from an image's leading bytes; "unknown" otherwise."""
+    """ "jpeg", "png", "gif" or "bmp" from an image's leading bytes; "unknown" otherwise."""
     return next((name for magic, name in _MAGIC if image.startswith(magic)), "unknown")
 
 
@@ -111,7 +111,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, obj: dict, where: str) -> "Manifest":
+    def from_json(cls, obj: dict, where: str) -> Manifest:
         try:
             version = int(obj["format_version"])
             if version != FORMAT_VERSION:
@@ -122,11 +122,9 @@ class Manifest:
             fmt = obj["format"]
             if fmt not in FORMATS:
                 raise DatasetError(f"{where} names format {fmt!r}; expected one of {', '.join(FORMATS)}.")
-            splits = {
-                name: [Shard(**s) for s in body["shards"]] for name, body in obj["splits"].items()
-            }
+            splits = {name: [Shard(**s) for s in body["shards"]] for name, body in obj["splits"].items()}
             width = len(obj["class_names"])
-            for name, shards in splits.items():
+            for shards in splits.values():
                 for shard in shards:
                     if len(shard.label_counts) != width:
                         raise DatasetError(
@@ -195,8 +193,9 @@ def split_counts(total: int, num_shards: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(num_shards)]
 
 
-def write_split(root: str, split: str, examples: Iterable[Example], num_examples: int, num_shards: int,
-                fmt: str, num_classes: int) -> list[Shard]:
+def write_split(
+    root: str, split: str, examples: Iterable[Example], num_examples: int, num_shards: int, fmt: str, num_classes: int
+) -> list[Shard]:
     """Write one split as `num_shards` shards and return their manifest entries.
 
     Args:
@@ -219,13 +218,15 @@ def write_split(root: str, split: str, examples: Iterable[Example], num_examples
         rel = f"{split}/{shard_name(index, num_shards, fmt)}"
         storage.write_bytes(storage.join(root, rel), data)
         labels = np.stack([e.labels for e in batch]).astype(np.int64) if batch else np.zeros((0, num_classes))
-        shards.append(Shard(
-            path=rel,
-            num_examples=len(batch),
-            size_bytes=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            label_counts=labels.sum(axis=0).astype(int).tolist(),
-        ))
+        shards.append(
+            Shard(
+                path=rel,
+                num_examples=len(batch),
+                size_bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                label_counts=labels.sum(axis=0).astype(int).tolist(),
+            )
+        )
     return shards
 
 
@@ -273,11 +274,13 @@ def _encode_parquet(examples: Sequence[Example]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({
-        "image": pa.array([e.image for e in examples], type=pa.binary()),
-        "labels": pa.array([[int(v) for v in e.labels] for e in examples], type=pa.list_(pa.int64())),
-        "id": pa.array([e.id for e in examples], type=pa.string()),
-    })
+    table = pa.table(
+        {
+            "image": pa.array([e.image for e in examples], type=pa.binary()),
+            "labels": pa.array([[int(v) for v in e.labels] for e in examples], type=pa.list_(pa.int64())),
+            "id": pa.array([e.id for e in examples], type=pa.string()),
+        }
+    )
     buf = io.BytesIO()
     # Images are already compressed; small row groups keep readers' memory bounded.
     pq.write_table(table, buf, row_group_size=PARQUET_ROW_GROUP_ROWS, compression="none")
@@ -338,7 +341,7 @@ def split_tfrecord(data: bytes, where: str) -> list[bytes]:
     while pos < end:
         if pos + 12 > end:
             raise DatasetError(f"Shard {where} is truncated at record {len(out)} (incomplete header).")
-        length = int.from_bytes(data[pos:pos + 8], "little")
+        length = int.from_bytes(data[pos : pos + 8], "little")
         start = pos + 12
         stop = start + length
         if stop + 4 > end:

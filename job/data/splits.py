@@ -6,7 +6,7 @@ Both `synth` (generated scenes) and `prepare` (the user's images and CSV) go thr
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -31,11 +31,13 @@ def assign_splits(num_examples: int, val_fraction: float, test_fraction: float, 
     order = np.random.default_rng(seed).permutation(num_examples)
     n_val = int(round(num_examples * val_fraction))
     n_test = int(round(num_examples * test_fraction))
-    splits = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
+    splits = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
     for name in ("train", "val"):
         if len(splits[name]) == 0:
-            raise UserError(f"{num_examples} examples leave the {name!r} split empty; add examples or raise "
-                            f"--{'val-fraction' if name == 'val' else 'test-fraction'}.")
+            raise UserError(
+                f"{num_examples} examples leave the {name!r} split empty; add examples or raise "
+                f"--{'val-fraction' if name == 'val' else 'test-fraction'}."
+            )
     return {name: np.sort(idx) for name, idx in splits.items()}
 
 
@@ -47,9 +49,16 @@ def shard_counts(num_train_shards: int, sizes: dict[str, int]) -> dict[str, int]
     return {name: (num_train_shards if name == "train" else max(1, -(-n // per_shard))) for name, n in sizes.items()}
 
 
-def write_dataset(root: str, class_names: list[str], fmt: str, splits: dict[str, np.ndarray],
-                  make_example: Callable[[int], shards.Example], num_train_shards: int, source: dict,
-                  progress: bool = True) -> shards.Manifest:
+def write_dataset(
+    root: str,
+    class_names: list[str],
+    fmt: str,
+    splits: dict[str, np.ndarray],
+    make_example: Callable[[int], shards.Example],
+    num_train_shards: int,
+    source: dict,
+    progress: bool = True,
+) -> shards.Manifest:
     """Write every split's shards, then dataset.json (last, so readers never see half a set).
 
     Args:
@@ -84,17 +93,33 @@ def write_dataset(root: str, class_names: list[str], fmt: str, splits: dict[str,
         if sizes.get(name, 0) == 0:
             written[name] = []
             continue
-        written[name] = shards.write_split(root, name, stream(splits[name]), sizes[name], counts[name], fmt,
-                                            len(class_names))
+        written[name] = shards.write_split(
+            root, name, stream(splits[name]), sizes[name], counts[name], fmt, len(class_names)
+        )
     bar.close()
-    manifest = shards.Manifest(format=fmt, class_names=list(class_names), splits=written, source=source,
-                                image_encoding=shards.describe_encodings(encodings))
+    manifest = shards.Manifest(
+        format=fmt,
+        class_names=list(class_names),
+        splits=written,
+        source=source,
+        image_encoding=shards.describe_encodings(encodings),
+    )
     shards.write_manifest(root, manifest)
     return manifest
 
 
-def write_synthetic(out: str, spec, *, num_images: int, seed: int, fmt: str = "tfrecord", num_shards: int = 4,
-                    val_fraction: float = 0.15, test_fraction: float = 0.15, progress: bool = True) -> shards.Manifest:
+def write_synthetic(
+    out: str,
+    spec,
+    *,
+    num_images: int,
+    seed: int,
+    fmt: str = "tfrecord",
+    num_shards: int = 4,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    progress: bool = True,
+) -> shards.Manifest:
     """Generate `num_images` synthetic scenes and write them as a data set at `out`."""
 
     if num_images < 3:
@@ -106,7 +131,13 @@ def write_synthetic(out: str, spec, *, num_images: int, seed: int, fmt: str = "t
         image_id, jpeg, labels = next(generate(1, spec, seed, start=i))
         return shards.Example(id=image_id, image=jpeg, labels=labels)
 
-    source = {"synthetic": {"num_images": num_images, "seed": seed, "image_size": spec.image_size,
-                            "label_probability": list(spec.label_probability),
-                            "pairs": [list(p) for p in spec.pairs]}}
+    source = {
+        "synthetic": {
+            "num_images": num_images,
+            "seed": seed,
+            "image_size": spec.image_size,
+            "label_probability": list(spec.label_probability),
+            "pairs": [list(p) for p in spec.pairs],
+        }
+    }
     return write_dataset(out, list(spec.class_names), fmt, splits, make_example, num_shards, source, progress)

@@ -29,7 +29,6 @@ MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 1024
 
 
-
 # --------------------------------------------------------------------------- spec
 
 
@@ -59,8 +58,7 @@ class SceneSpec:
             MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE
         ):
             raise UserError(
-                f"image_size must be an integer in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, "
-                f"got {self.image_size!r}."
+                f"image_size must be an integer in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, got {self.image_size!r}."
             )
         _validate_probabilities(self.label_probability, self.class_names)
         for pair in self.pairs:
@@ -100,10 +98,7 @@ def _validate_pair(pair: tuple[str, str, float], class_names: Sequence[str]) -> 
     a, b, p = pair
     for name in (a, b):
         if name not in class_names:
-            raise UserError(
-                f"pairs: unknown label {name!r} in {a}:{b}:{p}; known labels are "
-                f"{', '.join(class_names)}."
-            )
+            raise UserError(f"pairs: unknown label {name!r} in {a}:{b}:{p}; known labels are {', '.join(class_names)}.")
     if a == b:
         raise UserError(f"pairs: {a}:{b}:{p} ties a label to itself; name two different labels.")
     if not 0.0 <= p <= 1.0:
@@ -161,9 +156,7 @@ def sample_labels(num_images: int, spec: SceneSpec, rng: np.random.Generator) ->
     return y.astype(np.uint8)
 
 
-def _fill_min_labels(
-    y: np.ndarray, probs: np.ndarray, min_labels: int, rng: np.random.Generator
-) -> np.ndarray:
+def _fill_min_labels(y: np.ndarray, probs: np.ndarray, min_labels: int, rng: np.random.Generator) -> np.ndarray:
     """Add labels to rows with fewer than `min_labels`, weighted by `probs`."""
     if min_labels == 0:
         return y
@@ -220,9 +213,7 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def generate(
-    num_images: int, spec: SceneSpec, seed: int, *, start: int = 0
-) -> Iterator[tuple[str, bytes, np.ndarray]]:
+def generate(num_images: int, spec: SceneSpec, seed: int, *, start: int = 0) -> Iterator[tuple[str, bytes, np.ndarray]]:
     """Yield synthetic images with their labels.
 
     Image i depends only on (seed, i): it gets its own child RNG for both labels and

@@ -55,8 +55,9 @@ def _decodes(image: bytes) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-def check_shard(root: str, manifest: shards.Manifest, shard: shards.Shard, *, full_hash: bool,
-                sample_records: int, progress=None) -> list[str]:
+def check_shard(
+    root: str, manifest: shards.Manifest, shard: shards.Shard, *, full_hash: bool, sample_records: int, progress=None
+) -> list[str]:
     """Problems found in one shard."""
     uri = storage.join(root, shard.path)
     if not storage.exists(uri):
@@ -77,8 +78,10 @@ def check_shard(root: str, manifest: shards.Manifest, shard: shards.Shard, *, fu
             count += 1
             labels = np.asarray(example.labels)
             if labels.shape != (width,):
-                problems.append(f"shard {uri} record {index} ({example.id}) has {labels.size} labels but dataset.json "
-                                f"lists {width} class names")
+                problems.append(
+                    f"shard {uri} record {index} ({example.id}) has {labels.size} labels but dataset.json "
+                    f"lists {width} class names"
+                )
             elif not np.isin(labels, (0, 1)).all():
                 problems.append(f"shard {uri} record {index} ({example.id}) has label values other than 0/1")
             if index < sample_records:
@@ -96,8 +99,9 @@ def check_shard(root: str, manifest: shards.Manifest, shard: shards.Shard, *, fu
     return problems
 
 
-def validate_dataset(root: str, *, full_hash: bool = False, workers: int = 1, sample_records: int = 8,
-                     progress=None) -> ValidationReport:
+def validate_dataset(
+    root: str, *, full_hash: bool = False, workers: int = 1, sample_records: int = 8, progress=None
+) -> ValidationReport:
     """Check a data set; never raises for data problems, it reports them.
 
     Args:
@@ -124,7 +128,8 @@ def validate_dataset(root: str, *, full_hash: bool = False, workers: int = 1, sa
     if 0 < train_shards < workers:
         report.warnings.append(
             f"{train_shards} train shard(s) for {workers} workers: reads will be less parallel than the workers. "
-            "Re-create the data set with --num-shards at least the worker count.")
+            "Re-create the data set with --num-shards at least the worker count."
+        )
     all_shards = [s for split in manifest.splits.values() for s in split]
     for done, shard in enumerate(all_shards, start=1):
         report.errors.extend(check_shard(root, manifest, shard, full_hash=full_hash, sample_records=sample_records))
@@ -144,6 +149,8 @@ def summary_table(manifest: shards.Manifest) -> str:
         if split not in manifest.splits:
             continue
         counts = manifest.label_counts(split)
-        rows.append(f"{split:<6} {len(manifest.splits[split]):>6} {manifest.num_examples(split):>9} "
-                    + " ".join(f"{c:>{width}}" for c in counts))
+        rows.append(
+            f"{split:<6} {len(manifest.splits[split]):>6} {manifest.num_examples(split):>9} "
+            + " ".join(f"{c:>{width}}" for c in counts)
+        )
     return "\n".join(rows)

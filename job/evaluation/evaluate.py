@@ -66,8 +66,13 @@ class Evaluation:
     best_epoch: int
 
 
-def evaluate_run(run_uri: str, data_uri: str | None = None, cfg: Config | None = None,
-                 splits: tuple[str, ...] = shards.SPLITS, output_uri: str | None = None) -> dict:
+def evaluate_run(
+    run_uri: str,
+    data_uri: str | None = None,
+    cfg: Config | None = None,
+    splits: tuple[str, ...] = shards.SPLITS,
+    output_uri: str | None = None,
+) -> dict:
     """Evaluate a run's best checkpoint on each split and write metrics, report and plots.
 
     Thresholds are tuned per label on the validation split (when it is evaluated and
@@ -86,8 +91,9 @@ def evaluate_run(run_uri: str, data_uri: str | None = None, cfg: Config | None =
     return result.metrics
 
 
-def compute_evaluation(run_uri: str, data_uri: str | None = None, cfg: Config | None = None,
-                       splits: tuple[str, ...] = shards.SPLITS) -> Evaluation:
+def compute_evaluation(
+    run_uri: str, data_uri: str | None = None, cfg: Config | None = None, splits: tuple[str, ...] = shards.SPLITS
+) -> Evaluation:
     """Predict every requested split with the best checkpoint, tune thresholds, compute metrics."""
     saved = RunStore(run_uri).read_config()
     cfg = cfg or saved.config
@@ -105,9 +111,18 @@ def compute_evaluation(run_uri: str, data_uri: str | None = None, cfg: Config | 
 
     model, restored = load_best_model(run_uri, cfg, len(class_names))
     grid_split = _grid_split(splits, manifest)
-    preds = {s: predict_split(model, data_uri, manifest, s, cfg,
-                              keep_images=cfg.evaluation.prediction_grid_images if s == grid_split else 0)
-             for s in splits if manifest.num_examples(s) > 0}
+    preds = {
+        s: predict_split(
+            model,
+            data_uri,
+            manifest,
+            s,
+            cfg,
+            keep_images=cfg.evaluation.prediction_grid_images if s == grid_split else 0,
+        )
+        for s in splits
+        if manifest.num_examples(s) > 0
+    }
     thresholds, source = _choose_thresholds(run_uri, cfg, preds, class_names)
     metrics: dict = {}
     for split, p in preds.items():
@@ -118,12 +133,24 @@ def compute_evaluation(run_uri: str, data_uri: str | None = None, cfg: Config | 
     label_split, y_labels = _label_source(preds)
     pair_threshold = cfg.evaluation.correlated_pair_threshold
     return Evaluation(
-        run_uri=run_uri, data_uri=data_uri, class_names=class_names, metrics=metrics, thresholds=thresholds,
-        thresholds_record={"class_names": class_names, "thresholds": [float(t) for t in thresholds],
-                           "objective": cfg.evaluation.threshold_objective, "source": source,
-                           "checkpoint": restored.uri},
-        preds=preds, grid_split=grid_split, label_split=label_split, y_labels=y_labels,
-        pairs=find_correlated_pairs(y_labels, class_names, pair_threshold), pair_threshold=pair_threshold,
+        run_uri=run_uri,
+        data_uri=data_uri,
+        class_names=class_names,
+        metrics=metrics,
+        thresholds=thresholds,
+        thresholds_record={
+            "class_names": class_names,
+            "thresholds": [float(t) for t in thresholds],
+            "objective": cfg.evaluation.threshold_objective,
+            "source": source,
+            "checkpoint": restored.uri,
+        },
+        preds=preds,
+        grid_split=grid_split,
+        label_split=label_split,
+        y_labels=y_labels,
+        pairs=find_correlated_pairs(y_labels, class_names, pair_threshold),
+        pair_threshold=pair_threshold,
         best_epoch=restored.epoch,
     )
 
@@ -135,25 +162,41 @@ def write_evaluation(result: Evaluation, out: RunStore) -> None:
     metrics = result.metrics
     log.info("results (thresholds at 0.5):\n%s", format_table(metrics))
     if "test" in metrics:
-        log.info("test macro-F1 %.4f at 0.5, %.4f at tuned thresholds",
-                 metrics["test"]["macro_f1"], metrics["test"]["tuned"]["macro_f1"])
-    pair_note = format_pair_note(result.pairs, result.y_labels, result.class_names, result.label_split, result.preds,
-                                 result.thresholds, result.pair_threshold, result.data_uri)
-    out.write_report(format_report(metrics, result.class_names, run_uri=result.run_uri, data_uri=result.data_uri,
-                                   pair_note=pair_note),
-                     format_per_label_csv(metrics, result.class_names))
+        log.info(
+            "test macro-F1 %.4f at 0.5, %.4f at tuned thresholds",
+            metrics["test"]["macro_f1"],
+            metrics["test"]["tuned"]["macro_f1"],
+        )
+    pair_note = format_pair_note(
+        result.pairs,
+        result.y_labels,
+        result.class_names,
+        result.label_split,
+        result.preds,
+        result.thresholds,
+        result.pair_threshold,
+        result.data_uri,
+    )
+    out.write_report(
+        format_report(
+            metrics, result.class_names, run_uri=result.run_uri, data_uri=result.data_uri, pair_note=pair_note
+        ),
+        format_per_label_csv(metrics, result.class_names),
+    )
     written = write_plots(result, out)
     log.info("wrote metrics.json, thresholds.json, report.md, per_label.csv, %s to %s", ", ".join(written), out.uri)
 
 
-def _choose_thresholds(run_uri: str, cfg: Config, preds: dict[str, SplitPredictions],
-                       class_names: list[str]) -> tuple[np.ndarray, str]:
+def _choose_thresholds(
+    run_uri: str, cfg: Config, preds: dict[str, SplitPredictions], class_names: list[str]
+) -> tuple[np.ndarray, str]:
     """(thresholds, source): tuned on val when it is evaluated, else the run's saved ones, else 0.5."""
     if cfg.evaluation.threshold_objective != "f1":
         return np.full(len(class_names), 0.5), "none"
     if "val" in preds:
-        thresholds, warnings = tune_thresholds(preds["val"].y_true, sigmoid(preds["val"].logits),
-                                               class_names=class_names)
+        thresholds, warnings = tune_thresholds(
+            preds["val"].y_true, sigmoid(preds["val"].logits), class_names=class_names
+        )
         for w in warnings:
             log.warning("%s", w)
         return thresholds, "f1"
@@ -193,20 +236,31 @@ def write_plots(result: Evaluation, out: RunStore) -> list[str]:
     if grid is not None and grid.images is not None:
         m = len(grid.images)
         jobs["predictions.png"] = lambda: plots.prediction_grid(
-            grid.images, grid.y_true[:m], sigmoid(grid.logits[:m]), thresholds, class_names,
-            title=f"{result.grid_split.capitalize()} predictions at tuned thresholds")
+            grid.images,
+            grid.y_true[:m],
+            sigmoid(grid.logits[:m]),
+            thresholds,
+            class_names,
+            title=f"{result.grid_split.capitalize()} predictions at tuned thresholds",
+        )
     focus = "test" if "test" in metrics else next((s for s in reversed(shards.SPLITS) if s in metrics), None)
     if focus is not None:
         jobs["per_label.png"] = lambda: plots.per_label_bars(
-            metrics[focus]["per_label"], metrics[focus]["tuned"]["per_label"], class_names,
-            title=f"Per-label metrics on {focus} ({metrics[focus]['num_examples']} images)")
+            metrics[focus]["per_label"],
+            metrics[focus]["tuned"]["per_label"],
+            class_names,
+            title=f"Per-label metrics on {focus} ({metrics[focus]['num_examples']} images)",
+        )
     jobs["cooccurrence.png"] = lambda: plots.cooccurrence_heatmap(
-        result.y_labels, class_names,
-        title=f"Label co-occurrence ({result.label_split} split, {len(result.y_labels)} images)")
+        result.y_labels,
+        class_names,
+        title=f"Label co-occurrence ({result.label_split} split, {len(result.y_labels)} images)",
+    )
     history = RunStore(result.run_uri).read_history()
     if history is not None:
         jobs["history.png"] = lambda: plots.history_curves(
-            history, title=f"Training history of {storage.basename(result.run_uri)}", best_epoch=result.best_epoch)
+            history, title=f"Training history of {storage.basename(result.run_uri)}", best_epoch=result.best_epoch
+        )
     written = []
     for name, draw in jobs.items():
         try:

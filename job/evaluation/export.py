@@ -65,8 +65,9 @@ def check_image(data: bytes, where: str) -> None:
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
         # Keep TensorFlow's reason, without its "{{function_node ...}}" and "[Op:...]" wrapping.
         detail = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", getattr(exc, "message", "") or type(exc).__name__).strip()
-        raise UserError(f"{where} is not an image TensorFlow can decode ({detail}); pass a JPEG, PNG, GIF or "
-                        f"BMP file.") from None
+        raise UserError(
+            f"{where} is not an image TensorFlow can decode ({detail}); pass a JPEG, PNG, GIF or BMP file."
+        ) from None
 
 
 def read_images(uris: list[str]) -> list[bytes]:
@@ -125,8 +126,11 @@ def build_serving_module(model, class_names: list[str], thresholds, image_size: 
 
             @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
             def serving_default(images):
-                pixels = tf.map_fn(lambda b: decode_image(b, size), images,
-                                   fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+                pixels = tf.map_fn(
+                    lambda b: decode_image(b, size),
+                    images,
+                    fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+                )
                 return self._outputs(pixels)
 
             self.predict_images = predict_images
@@ -181,8 +185,11 @@ def export_run(run_uri: str, out_uri: str) -> ExportInfo:
     thresholds = load_thresholds(run_uri, class_names)
     source = "thresholds.json"
     if thresholds is None:
-        log.warning("the run has no thresholds.json (run `python -m job evaluate --run %s` to tune them); "
-                    "exporting with 0.5 for every label", run_uri)
+        log.warning(
+            "the run has no thresholds.json (run `python -m job evaluate --run %s` to tune them); "
+            "exporting with 0.5 for every label",
+            run_uri,
+        )
         thresholds, source = np.full(len(class_names), DEFAULT_THRESHOLD), "default 0.5"
     model, restored = load_best_model(run_uri, cfg, len(class_names))
     work = tempfile.mkdtemp(prefix="export-")
@@ -193,15 +200,32 @@ def export_run(run_uri: str, out_uri: str) -> ExportInfo:
         module = build_serving_module(model, class_names, thresholds, cfg.data.image_size, labels_file)
         local = out_uri if not storage.is_s3(out_uri) else os.path.join(work, "saved_model")
         tf.saved_model.save(module, local, signatures=module.signatures())
-        info = ExportInfo(out_uri=out_uri, class_names=list(class_names), thresholds=[float(t) for t in thresholds],
-                          thresholds_source=source, image_size=cfg.data.image_size, checkpoint=restored.uri)
+        info = ExportInfo(
+            out_uri=out_uri,
+            class_names=list(class_names),
+            thresholds=[float(t) for t in thresholds],
+            thresholds_source=source,
+            image_size=cfg.data.image_size,
+            checkpoint=restored.uri,
+        )
         os.makedirs(os.path.join(local, os.path.dirname(EXPORT_INFO)), exist_ok=True)
         with open(os.path.join(local, EXPORT_INFO), "w") as fh:
-            json.dump({"run": run_uri, "checkpoint": restored.uri, "epoch": restored.epoch,
-                       "class_names": info.class_names, "thresholds": info.thresholds,
-                       "thresholds_source": source, "image_size": info.image_size,
-                       "backbone": cfg.model.backbone, "signatures": list(SIGNATURES),
-                       "exported_at": datetime.now(UTC).isoformat(timespec="seconds")}, fh, indent=2)
+            json.dump(
+                {
+                    "run": run_uri,
+                    "checkpoint": restored.uri,
+                    "epoch": restored.epoch,
+                    "class_names": info.class_names,
+                    "thresholds": info.thresholds,
+                    "thresholds_source": source,
+                    "image_size": info.image_size,
+                    "backbone": cfg.model.backbone,
+                    "signatures": list(SIGNATURES),
+                    "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+                fh,
+                indent=2,
+            )
         if storage.is_s3(out_uri):
             storage.upload_dir(local, out_uri)
     finally:
@@ -219,8 +243,9 @@ def _check_target(out_uri: str) -> None:
     if os.path.isfile(out_uri):
         raise UserError(f"--out {out_uri} is a file; give a folder for the SavedModel.")
     if os.path.isdir(out_uri) and os.listdir(out_uri) and not os.path.exists(os.path.join(out_uri, SAVED_MODEL_FILE)):
-        raise UserError(f"--out {out_uri} is a non-empty folder that is not an exported model; choose an empty "
-                        f"or new folder.")
+        raise UserError(
+            f"--out {out_uri} is a non-empty folder that is not an exported model; choose an empty or new folder."
+        )
 
 
 # ---------------------------------------------------------------------------- predict
@@ -243,7 +268,7 @@ class Predictor:
 
     def predict(self, images: list[bytes], batch_size: int = 64) -> Prediction:
         """Probabilities and decisions for encoded images, in order."""
-        probs = [self._probabilities(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        probs = [self._probabilities(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
         p = np.concatenate(probs) if probs else np.zeros((0, len(self.class_names)), np.float32)
         return Prediction(p, p > self.thresholds[None, :].astype(np.float32))
 
@@ -266,12 +291,16 @@ class SavedModelPredictor(Predictor):
         try:
             self._loaded = tf.saved_model.load(local)
         except Exception as exc:  # noqa: BLE001 - any load failure is a bad model folder
-            raise UserError(f"{uri} could not be loaded as a SavedModel ({type(exc).__name__}: {exc}); "
-                            f"re-export it with `python -m job export --run RUN --out {uri}`.") from None
+            raise UserError(
+                f"{uri} could not be loaded as a SavedModel ({type(exc).__name__}: {exc}); "
+                f"re-export it with `python -m job export --run RUN --out {uri}`."
+            ) from None
         missing = [s for s in SIGNATURES if s not in self._loaded.signatures]
         if missing or not hasattr(self._loaded, "label_names"):
-            raise UserError(f"{uri} is a SavedModel but not one exported by `python -m job export` "
-                            f"(missing {missing or 'label_names'}); re-export it.")
+            raise UserError(
+                f"{uri} is a SavedModel but not one exported by `python -m job export` "
+                f"(missing {missing or 'label_names'}); re-export it."
+            )
         self.class_names = [n.decode() for n in self._loaded.label_names.numpy()]
         self.thresholds = self._loaded.thresholds.numpy().astype(np.float64)
         self.source = f"SavedModel {uri}"
@@ -316,5 +345,7 @@ def load_predictor(uri: str) -> Predictor:
         return SavedModelPredictor(uri)
     if RunStore(uri).is_run():
         return RunPredictor(uri)
-    raise UserError(f"--model {uri} is neither an exported model (no {SAVED_MODEL_FILE}) nor a run (no "
-                    f"config.json). Pass the folder from `python -m job export` or a `train --output`.")
+    raise UserError(
+        f"--model {uri} is neither an exported model (no {SAVED_MODEL_FILE}) nor a run (no "
+        f"config.json). Pass the folder from `python -m job export` or a `train --output`."
+    )

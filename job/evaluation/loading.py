@@ -35,13 +35,23 @@ class SplitPredictions:
 
 def load_best_model(run_uri: str, cfg: Config, num_classes: int):
     """Build the run's model and load its best intact checkpoint's weights."""
-    restored = (checkpoints.restore_best(run_uri) if cfg.training.restore_best_weights
-                else checkpoints.restore_latest(run_uri))
+    restored = (
+        checkpoints.restore_best(run_uri) if cfg.training.restore_best_weights else checkpoints.restore_latest(run_uri)
+    )
     if restored is None:
-        raise UserError(f"The run at {run_uri} has no intact checkpoint to evaluate. Train it first "
-                        f"(`python -m job train ... --output {run_uri}`).")
-    model = build_model(cfg.model.backbone, num_classes, cfg.data.image_size, weights="none",
-                        width=cfg.model.width, dropout_rate=cfg.model.dropout_rate, precision="float32")
+        raise UserError(
+            f"The run at {run_uri} has no intact checkpoint to evaluate. Train it first "
+            f"(`python -m job train ... --output {run_uri}`)."
+        )
+    model = build_model(
+        cfg.model.backbone,
+        num_classes,
+        cfg.data.image_size,
+        weights="none",
+        width=cfg.model.width,
+        dropout_rate=cfg.model.dropout_rate,
+        precision="float32",
+    )
     tf.train.Checkpoint(model=model).read(restored.weights_prefix).expect_partial()
     log.info("evaluating %s (epoch %d, val_loss %s)", restored.uri, restored.epoch, restored.state.get("val_loss"))
     checkpoints.remove_local(restored.local_dir)
@@ -67,8 +77,10 @@ def load_thresholds(run_uri: str, class_names: list[str]) -> np.ndarray | None:
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{uri} is not a valid thresholds file ({type(exc).__name__}: {exc}). {fix}") from None
     if values.ndim != 1 or len(values) != len(class_names):
-        raise UserError(f"{uri} has {values.size} threshold(s), but the run has {len(class_names)} labels "
-                        f"({', '.join(class_names)}). {fix}")
+        raise UserError(
+            f"{uri} has {values.size} threshold(s), but the run has {len(class_names)} labels "
+            f"({', '.join(class_names)}). {fix}"
+        )
     names = saved.get("class_names")
     if names is not None and list(names) != list(class_names):
         raise UserError(f"{uri} is for labels {names}, but the run was trained on {class_names}. {fix}")
@@ -77,11 +89,16 @@ def load_thresholds(run_uri: str, class_names: list[str]) -> np.ndarray | None:
     return values
 
 
-def predict_split(model, data_uri: str, manifest: shards.Manifest, split: str, cfg: Config,
-                  keep_images: int = 0) -> SplitPredictions:
+def predict_split(
+    model, data_uri: str, manifest: shards.Manifest, split: str, cfg: Config, keep_images: int = 0
+) -> SplitPredictions:
     """Run the model over a whole split, in order; keep the first `keep_images` images."""
-    ds = make_pipeline(examples_from_shards(data_uri, manifest, split), cfg.data, training=False,
-                       batch_size=max(cfg.data.batch_size_per_worker, 64))
+    ds = make_pipeline(
+        examples_from_shards(data_uri, manifest, split),
+        cfg.data,
+        training=False,
+        batch_size=max(cfg.data.batch_size_per_worker, 64),
+    )
     ys, logits, kept = [], [], []
     for images, labels in ds:
         logits.append(model(images, training=False).numpy().astype(np.float32))
@@ -89,9 +106,12 @@ def predict_split(model, data_uri: str, manifest: shards.Manifest, split: str, c
         if sum(len(k) for k in kept) < keep_images:
             kept.append(np.clip(np.round(images.numpy()), 0, 255).astype(np.uint8))
     k = len(manifest.class_names)
-    return SplitPredictions(split, np.concatenate(ys) if ys else np.zeros((0, k), np.int64),
-                            np.concatenate(logits) if logits else np.zeros((0, k), np.float32),
-                            np.concatenate(kept)[:keep_images] if kept else None)
+    return SplitPredictions(
+        split,
+        np.concatenate(ys) if ys else np.zeros((0, k), np.int64),
+        np.concatenate(logits) if logits else np.zeros((0, k), np.float32),
+        np.concatenate(kept)[:keep_images] if kept else None,
+    )
 
 
 def check_same_labels(run_classes: list[str], manifest: shards.Manifest, data_uri: str) -> None:

@@ -53,18 +53,42 @@ def _coloured_line(ax, x: float, y: float, pieces: list[tuple[str, str]], fontsi
     matplotlib has no rich text; each piece is anchored to the right edge of the previous
     one (the "rainbow text" recipe), so the line lays out correctly at any DPI.
     """
-    prev = ax.text(x, y, pieces[0][0], color=pieces[0][1], transform=ax.transAxes, fontsize=fontsize,
-                   ha="left", va="bottom", fontfamily="monospace")
+    prev = ax.text(
+        x,
+        y,
+        pieces[0][0],
+        color=pieces[0][1],
+        transform=ax.transAxes,
+        fontsize=fontsize,
+        ha="left",
+        va="bottom",
+        fontfamily="monospace",
+    )
     for text, colour in pieces[1:]:
         # Wrong labels are bold as well as coloured, so they stand out without colour vision.
-        prev = ax.annotate(text, xycoords=prev, xy=(1, 0), va="bottom", color=colour, fontsize=fontsize,
-                           fontfamily="monospace", annotation_clip=False,
-                           fontweight="normal" if colour == RIGHT else "bold")
+        prev = ax.annotate(
+            text,
+            xycoords=prev,
+            xy=(1, 0),
+            va="bottom",
+            color=colour,
+            fontsize=fontsize,
+            fontfamily="monospace",
+            annotation_clip=False,
+            fontweight="normal" if colour == RIGHT else "bold",
+        )
     return prev
 
 
-def prediction_grid(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray, thresholds: Sequence[float],
-                    class_names: Sequence[str], title: str = "Test predictions", columns: int = 4) -> bytes:
+def prediction_grid(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    thresholds: Sequence[float],
+    class_names: Sequence[str],
+    title: str = "Test predictions",
+    columns: int = 4,
+) -> bytes:
     """The seed's grid: each image titled "y: true labels" / "p: predicted labels".
 
     Predicted labels that are not true (false positives) are red; true labels the model
@@ -91,8 +115,9 @@ def prediction_grid(images: np.ndarray, y_true: np.ndarray, probs: np.ndarray, t
     height = 3.0 * rows + 1.7
     fig = Figure(figsize=(3.3 * columns, height))
     # Inches kept free: the legend below, the suptitle plus the first row's labels above.
-    grid = fig.add_gridspec(rows, columns, left=0.02, right=0.98, bottom=0.9 / height,
-                            top=1 - 1.0 / height, hspace=0.45, wspace=0.08)
+    grid = fig.add_gridspec(
+        rows, columns, left=0.02, right=0.98, bottom=0.9 / height, top=1 - 1.0 / height, hspace=0.45, wspace=0.08
+    )
     names = list(class_names)
     for i in range(rows * columns):
         ax = fig.add_subplot(grid[i // columns, i % columns])
@@ -149,8 +174,9 @@ def per_label_bars(at_half: dict, tuned: dict, class_names: Sequence[str], title
     width = 0.38
     fig = Figure(figsize=(max(10.0, 1.6 * len(names) * 2), 7.5))
     axes = fig.subplots(2, 2, sharex=True)
-    for ax, key, label in zip(axes.ravel(), ("precision", "recall", "f1", "binary_accuracy"),
-                              ("Precision", "Recall", "F1", "Binary accuracy")):
+    for ax, key, label in zip(
+        axes.ravel(), ("precision", "recall", "f1", "binary_accuracy"), ("Precision", "Recall", "F1", "Binary accuracy")
+    ):
         a = [at_half[n][key] for n in names]
         b = [tuned[n][key] for n in names]
         bars_a = ax.bar(x - width / 2, a, width, color=AT_HALF, label="threshold 0.5")
@@ -206,8 +232,11 @@ def cooccurrence_heatmap(y: np.ndarray, class_names: Sequence[str], title: str =
     ax.set_yticks(range(k), names)
     ax.set_xlabel("label j (also present)")
     ax.set_ylabel("label i (given)")
-    ax.set_title(f"{title}\nP(j | i): share of images with label i that also have label j;\n"
-                 "n = images with both (diagonal: images with the label)", fontsize=11)
+    ax.set_title(
+        f"{title}\nP(j | i): share of images with label i that also have label j;\n"
+        "n = images with both (diagonal: images with the label)",
+        fontsize=11,
+    )
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label("P(j | i)")
     fig.tight_layout()
@@ -244,8 +273,16 @@ def history_figure(history: Sequence[dict], title: str = "Training history", bes
     axes = fig.subplots(1, 3)
     panels = (
         (axes[0], (("loss", "train loss"), ("val_loss", "val loss")), "Binary cross-entropy", "Loss"),
-        (axes[1], (("macro_f1", "train macro-F1"), ("val_macro_f1", "val macro-F1"),
-                   ("val_mean_average_precision", "val mAP (PR-AUC)")), "Score", "Macro-F1 and mAP"),
+        (
+            axes[1],
+            (
+                ("macro_f1", "train macro-F1"),
+                ("val_macro_f1", "val macro-F1"),
+                ("val_mean_average_precision", "val mAP (PR-AUC)"),
+            ),
+            "Score",
+            "Macro-F1 and mAP",
+        ),
         (axes[2], (("learning_rate", "learning rate"),), "Learning rate (log scale)", "Learning rate"),
     )
     for ax, keys, ylabel, panel_title in panels:

@@ -19,14 +19,31 @@ from job.evaluation.scores import sigmoid
 if TYPE_CHECKING:
     from job.evaluation.loading import SplitPredictions
 
-TABLE_COLUMNS = ("loss", "binary_accuracy", "cosine_similarity", "micro_f1", "macro_f1", "mean_average_precision",
-                 "hamming_loss", "subset_accuracy")
+TABLE_COLUMNS = (
+    "loss",
+    "binary_accuracy",
+    "cosine_similarity",
+    "micro_f1",
+    "macro_f1",
+    "mean_average_precision",
+    "hamming_loss",
+    "subset_accuracy",
+)
 # Metrics that change with the decision threshold (loss, cosine and mAP do not).
 THRESHOLD_COLUMNS = ("binary_accuracy", "micro_f1", "macro_f1", "hamming_loss", "subset_accuracy")
 PER_LABEL_CSV_COLUMNS = (
-    "split", "label", "support", "threshold",
-    "precision_at_0.5", "recall_at_0.5", "f1_at_0.5", "binary_accuracy_at_0.5",
-    "precision_tuned", "recall_tuned", "f1_tuned", "binary_accuracy_tuned",
+    "split",
+    "label",
+    "support",
+    "threshold",
+    "precision_at_0.5",
+    "recall_at_0.5",
+    "f1_at_0.5",
+    "binary_accuracy_at_0.5",
+    "precision_tuned",
+    "recall_tuned",
+    "f1_tuned",
+    "binary_accuracy_tuned",
     "average_precision",
 )
 
@@ -44,8 +61,9 @@ def format_table(metrics: dict) -> str:
     rows = [header]
     for split in shards.SPLITS:
         if split in metrics:
-            rows.append(f"{split:<6}" + "".join(
-                f"{_fmt(metrics[split][c]):>{max(len(c), 8) + 2}}" for c in TABLE_COLUMNS))
+            rows.append(
+                f"{split:<6}" + "".join(f"{_fmt(metrics[split][c]):>{max(len(c), 8) + 2}}" for c in TABLE_COLUMNS)
+            )
     return "\n".join(rows)
 
 
@@ -93,9 +111,13 @@ def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_u
         "Thresholds are tuned per label to maximise F1 on the val split (thresholds.json); loss, cosine "
         "similarity and mAP do not depend on the threshold.",
         "",
-        _md_table(["thresholds", *THRESHOLD_COLUMNS],
-                  [["0.5", *(_fmt(m[c]) for c in THRESHOLD_COLUMNS)],
-                   ["tuned", *(_fmt(m["tuned"][c]) for c in THRESHOLD_COLUMNS)]]),
+        _md_table(
+            ["thresholds", *THRESHOLD_COLUMNS],
+            [
+                ["0.5", *(_fmt(m[c]) for c in THRESHOLD_COLUMNS)],
+                ["tuned", *(_fmt(m["tuned"][c]) for c in THRESHOLD_COLUMNS)],
+            ],
+        ),
         "",
         f"## Per label ({focus})",
         "",
@@ -103,13 +125,40 @@ def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_u
     rows = []
     for name in class_names:
         a, t = m["per_label"][name], m["tuned"]["per_label"][name]
-        rows.append([name, str(a["support"]), _fmt(t["threshold"], 3),
-                     _fmt(a["precision"], 3), _fmt(a["recall"], 3), _fmt(a["f1"], 3), _fmt(a["binary_accuracy"], 3),
-                     _fmt(t["precision"], 3), _fmt(t["recall"], 3), _fmt(t["f1"], 3), _fmt(t["binary_accuracy"], 3),
-                     _fmt(a["average_precision"], 3)])
+        rows.append(
+            [
+                name,
+                str(a["support"]),
+                _fmt(t["threshold"], 3),
+                _fmt(a["precision"], 3),
+                _fmt(a["recall"], 3),
+                _fmt(a["f1"], 3),
+                _fmt(a["binary_accuracy"], 3),
+                _fmt(t["precision"], 3),
+                _fmt(t["recall"], 3),
+                _fmt(t["f1"], 3),
+                _fmt(t["binary_accuracy"], 3),
+                _fmt(a["average_precision"], 3),
+            ]
+        )
     parts += [
-        _md_table(["label", "support", "tuned threshold", "precision@0.5", "recall@0.5", "F1@0.5", "accuracy@0.5",
-                   "precision tuned", "recall tuned", "F1 tuned", "accuracy tuned", "AP"], rows),
+        _md_table(
+            [
+                "label",
+                "support",
+                "tuned threshold",
+                "precision@0.5",
+                "recall@0.5",
+                "F1@0.5",
+                "accuracy@0.5",
+                "precision tuned",
+                "recall tuned",
+                "F1 tuned",
+                "accuracy tuned",
+                "AP",
+            ],
+            rows,
+        ),
         "",
         "## Correlated labels",
         "",
@@ -127,9 +176,16 @@ def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_u
     return "\n".join(parts)
 
 
-def format_pair_note(pairs, y: np.ndarray, class_names: list[str], label_split: str,
-                     preds: dict[str, SplitPredictions], thresholds: np.ndarray, threshold: float,
-                     data_uri: str = "URI") -> str:
+def format_pair_note(
+    pairs,
+    y: np.ndarray,
+    class_names: list[str],
+    label_split: str,
+    preds: dict[str, SplitPredictions],
+    thresholds: np.ndarray,
+    threshold: float,
+    data_uri: str = "URI",
+) -> str:
     """Markdown on label pairs the data (almost) never shows apart, and what that means for the scores.
 
     For each flagged pair, the test images with exactly one of the two labels (if any) show
@@ -146,33 +202,39 @@ def format_pair_note(pairs, y: np.ndarray, class_names: list[str], label_split: 
                 tie = min(p[i, j], p[j, i])
                 if not np.isnan(tie) and (best is None or tie > best[0]):
                     best = (tie, i, j)
-        lines.append(f"No pair of labels appears together in at least {threshold:.0%} of both labels' images "
-                     f"({label_split} split, {n} images), so the data shows every pair apart often enough to learn.")
+        lines.append(
+            f"No pair of labels appears together in at least {threshold:.0%} of both labels' images "
+            f"({label_split} split, {n} images), so the data shows every pair apart often enough to learn."
+        )
         if best is not None:
             _, i, j = best
             a, b = class_names[i], class_names[j]
-            lines.append(f"The most tied pair is {a} + {b}: P({b} | {a}) = {p[i, j]:.2f}, "
-                         f"P({a} | {b}) = {p[j, i]:.2f}.")
+            lines.append(
+                f"The most tied pair is {a} + {b}: P({b} | {a}) = {p[i, j]:.2f}, P({a} | {b}) = {p[j, i]:.2f}."
+            )
         return " ".join(lines)
-    lines.append(f"These pairs appear together in at least {threshold:.0%} of both labels' images "
-                 f"({label_split} split, {n} images). The data cannot teach the model to tell them apart, so "
-                 "high per-label accuracy on them says nothing about whether it can: add images with only one "
-                 f"of the two labels. See `python -m job analyze --data {data_uri}`.")
+    lines.append(
+        f"These pairs appear together in at least {threshold:.0%} of both labels' images "
+        f"({label_split} split, {n} images). The data cannot teach the model to tell them apart, so "
+        "high per-label accuracy on them says nothing about whether it can: add images with only one "
+        f"of the two labels. See `python -m job analyze --data {data_uri}`."
+    )
     lines.append("")
     test = preds.get("test")
     for pr in pairs:
         a, b = pr.first, pr.second
-        line = (f"- **{a} + {b}**: P({b} | {a}) = {pr.p_second_given_first:.2f}, P({a} | {b}) = "
-                f"{pr.p_first_given_second:.2f}; {pr.both} images with both, {pr.first_only} with only {a}, "
-                f"{pr.second_only} with only {b}.")
+        line = (
+            f"- **{a} + {b}**: P({b} | {a}) = {pr.p_second_given_first:.2f}, P({a} | {b}) = "
+            f"{pr.p_first_given_second:.2f}; {pr.both} images with both, {pr.first_only} with only {a}, "
+            f"{pr.second_only} with only {b}."
+        )
         if test is not None:
             line += " " + _exactly_one_summary(test, class_names, a, b, thresholds)
         lines.append(line)
     return "\n".join(lines)
 
 
-def _exactly_one_summary(test: SplitPredictions, class_names: list[str], a: str, b: str,
-                         thresholds: np.ndarray) -> str:
+def _exactly_one_summary(test: SplitPredictions, class_names: list[str], a: str, b: str, thresholds: np.ndarray) -> str:
     """How the model does on test images that carry exactly one of `a` and `b`."""
     i, j = class_names.index(a), class_names.index(b)
     one = (test.y_true[:, i] > 0) != (test.y_true[:, j] > 0)
@@ -182,8 +244,10 @@ def _exactly_one_summary(test: SplitPredictions, class_names: list[str], a: str,
     truth = test.y_true[one][:, [i, j]] > 0
     right_half = np.all((probs > 0.5) == truth, axis=1).mean()
     right_tuned = np.all((probs > thresholds[[i, j]]) == truth, axis=1).mean()
-    return (f"On the {int(one.sum())} test images with only one of them, both decisions are right for "
-            f"{right_half:.0%} at 0.5 ({right_tuned:.0%} at tuned thresholds).")
+    return (
+        f"On the {int(one.sum())} test images with only one of them, both decisions are right for "
+        f"{right_half:.0%} at 0.5 ({right_tuned:.0%} at tuned thresholds)."
+    )
 
 
 def format_per_label_csv(metrics: dict, class_names: list[str]) -> str:
@@ -197,8 +261,15 @@ def format_per_label_csv(metrics: dict, class_names: list[str]) -> str:
         for name in class_names:
             a, t = metrics[split]["per_label"][name], metrics[split]["tuned"]["per_label"][name]
             ap = a["average_precision"]
-            writer.writerow([split, name, a["support"], f"{t['threshold']:.6f}",
-                             *(f"{a[c]:.6f}" for c in ("precision", "recall", "f1", "binary_accuracy")),
-                             *(f"{t[c]:.6f}" for c in ("precision", "recall", "f1", "binary_accuracy")),
-                             "" if ap is None else f"{ap:.6f}"])
+            writer.writerow(
+                [
+                    split,
+                    name,
+                    a["support"],
+                    f"{t['threshold']:.6f}",
+                    *(f"{a[c]:.6f}" for c in ("precision", "recall", "f1", "binary_accuracy")),
+                    *(f"{t[c]:.6f}" for c in ("precision", "recall", "f1", "binary_accuracy")),
+                    "" if ap is None else f"{ap:.6f}",
+                ]
+            )
     return buffer.getvalue()

@@ -170,10 +170,7 @@ def evaluate_predictions(
     probs = sigmoid(x)
     pred = (probs > t[None, :]).astype(np.float64)
 
-    per_label = {
-        str(name): _label_report(y[:, j], probs[:, j], pred[:, j], t[j])
-        for j, name in enumerate(class_names)
-    }
+    per_label = {str(name): _label_report(y[:, j], probs[:, j], pred[:, j], t[j]) for j, name in enumerate(class_names)}
     tp = float(np.sum(pred * y))
     fp = float(np.sum(pred * (1 - y)))
     fn = float(np.sum((1 - pred) * y))
@@ -239,9 +236,7 @@ def tune_thresholds(
         UserError: unknown objective.
     """
     if objective not in TUNING_OBJECTIVES:
-        raise UserError(
-            f"unknown threshold objective {objective!r}; use one of {', '.join(TUNING_OBJECTIVES)}"
-        )
+        raise UserError(f"unknown threshold objective {objective!r}; use one of {', '.join(TUNING_OBJECTIVES)}")
     y = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(probs, dtype=np.float64)
     if y.ndim != 2 or y.shape != p.shape:
@@ -254,8 +249,7 @@ def tune_thresholds(
     for j in range(y.shape[1]):
         if y[:, j].sum() <= 0:
             warnings.append(
-                f"{names[j]!r} has no positive examples in the tuning split: "
-                f"its threshold stays at {default}"
+                f"{names[j]!r} has no positive examples in the tuning split: its threshold stays at {default}"
             )
             continue
         thresholds[j] = _best_threshold(y[:, j], p[:, j], default)

@@ -78,11 +78,19 @@ def experiment_config(epochs: int, seed: int, overrides: list[str] | tuple[str, 
     """The small CNN used for every p: width 16, 64 px, one process, no telemetry."""
 
     base = [
-        "data.image_size=64", "data.batch_size_per_worker=32",
-        "model.backbone=small_cnn", "model.width=16", "model.dropout_rate=0.1",
-        f"training.epochs={epochs}", "training.learning_rate=0.003", f"training.seed={seed}",
-        "training.reduce_lr_patience_epochs=2", "training.early_stopping_patience_epochs=0",
-        "training.tensorboard=false", "scaling.num_workers=1", "telemetry.enabled=false",
+        "data.image_size=64",
+        "data.batch_size_per_worker=32",
+        "model.backbone=small_cnn",
+        "model.width=16",
+        "model.dropout_rate=0.1",
+        f"training.epochs={epochs}",
+        "training.learning_rate=0.003",
+        f"training.seed={seed}",
+        "training.reduce_lr_patience_epochs=2",
+        "training.early_stopping_patience_epochs=0",
+        "training.tensorboard=false",
+        "scaling.num_workers=1",
+        "telemetry.enabled=false",
         "evaluation.prediction_grid_images=16",
     ]
     return load_config(None, [*base, *overrides])
@@ -94,8 +102,16 @@ def make_data(root: str, p: float | None, num_images: int, seed: int, *, test_on
     spec = SceneSpec(image_size=64, pairs=(((*PAIR, p),) if p is not None else ()))
     if test_only:
         # Only the test split is used; train/val must still be non-empty for the layout.
-        return write_synthetic(root, spec, num_images=num_images, seed=seed, num_shards=1,
-                               val_fraction=0.05, test_fraction=0.9, progress=False)
+        return write_synthetic(
+            root,
+            spec,
+            num_images=num_images,
+            seed=seed,
+            num_shards=1,
+            val_fraction=0.05,
+            test_fraction=0.9,
+            progress=False,
+        )
     return write_synthetic(root, spec, num_images=num_images, seed=seed, num_shards=2, progress=False)
 
 
@@ -133,8 +149,14 @@ def _share(flags: np.ndarray) -> float:
     return float(np.mean(flags)) if flags.size else float("nan")
 
 
-def run_experiment(out: str, probabilities=DEFAULT_PROBABILITIES, num_images: int = 2400, test_images: int = 800,
-                   epochs: int = 10, seed: int = 0) -> list[Row]:
+def run_experiment(
+    out: str,
+    probabilities=DEFAULT_PROBABILITIES,
+    num_images: int = 2400,
+    test_images: int = 800,
+    epochs: int = 10,
+    seed: int = 0,
+) -> list[Row]:
     """Train one model per p and score each on its own and on the independent test set."""
 
     a, b = PAIR
@@ -146,27 +168,33 @@ def run_experiment(out: str, probabilities=DEFAULT_PROBABILITIES, num_images: in
         start = time.perf_counter()
         data = os.path.join(out, "data", f"p{p:g}")
         run = os.path.join(out, "runs", f"p{p:g}")
-        log.info("p=%g: generating %d images with %s and %s tied at p and training %d epochs", p, num_images, a, b,
-                 epochs)
+        log.info(
+            "p=%g: generating %d images with %s and %s tied at p and training %d epochs", p, num_images, a, b, epochs
+        )
         manifest = make_data(data, p, num_images, seed=seed)
         y = shards.read_labels(data, manifest, "train")
         i, j = manifest.class_names.index(a), manifest.class_names.index(b)
         metrics = run_local(experiment_config(epochs, seed), data, run)
         scores = score_independent(run, indep, manifest.class_names)
         own = metrics["test"]["per_label"]
-        row = Row(p=float(p), train_both=int(np.sum((y[:, i] > 0) & (y[:, j] > 0))),
-                  train_only_first=int(np.sum((y[:, i] > 0) & (y[:, j] == 0))),
-                  train_only_second=int(np.sum((y[:, j] > 0) & (y[:, i] == 0))),
-                  own_test_f1_first=own[a]["f1"], own_test_f1_second=own[b]["f1"],
-                  indep_f1_first=scores["f1_first"], indep_f1_second=scores["f1_second"],
-                  indep_macro_f1_others=scores["macro_f1_others"],
-                  exactly_one_images=scores["exactly_one_images"],
-                  exactly_one_accuracy=scores["exactly_one_accuracy"],
-                  first_only_finds_first=scores["first_only_finds_first"],
-                  first_only_says_second=scores["first_only_says_second"],
-                  second_only_finds_second=scores["second_only_finds_second"],
-                  second_only_says_first=scores["second_only_says_first"],
-                  seconds=time.perf_counter() - start)
+        row = Row(
+            p=float(p),
+            train_both=int(np.sum((y[:, i] > 0) & (y[:, j] > 0))),
+            train_only_first=int(np.sum((y[:, i] > 0) & (y[:, j] == 0))),
+            train_only_second=int(np.sum((y[:, j] > 0) & (y[:, i] == 0))),
+            own_test_f1_first=own[a]["f1"],
+            own_test_f1_second=own[b]["f1"],
+            indep_f1_first=scores["f1_first"],
+            indep_f1_second=scores["f1_second"],
+            indep_macro_f1_others=scores["macro_f1_others"],
+            exactly_one_images=scores["exactly_one_images"],
+            exactly_one_accuracy=scores["exactly_one_accuracy"],
+            first_only_finds_first=scores["first_only_finds_first"],
+            first_only_says_second=scores["first_only_says_second"],
+            second_only_finds_second=scores["second_only_finds_second"],
+            second_only_says_first=scores["second_only_says_first"],
+            seconds=time.perf_counter() - start,
+        )
         log.info("p=%g done in %.0f s: exactly-one accuracy %.3f", p, row.seconds, row.exactly_one_accuracy)
         rows.append(row)
     return rows
@@ -175,32 +203,61 @@ def run_experiment(out: str, probabilities=DEFAULT_PROBABILITIES, num_images: in
 def format_table(rows: list[Row]) -> str:
     """The result as a markdown table."""
     a, b = PAIR
-    header = ["p (tie)", f"train: both / only {a} / only {b}", f"own test F1 {a} / {b}",
-              f"independent F1 {a} / {b}", "independent F1 other labels (macro)",
-              "exactly-one accuracy (n)", f"only-{a} images: {a} found / {b} claimed",
-              f"only-{b} images: {b} found / {a} claimed", "seconds"]
+    header = [
+        "p (tie)",
+        f"train: both / only {a} / only {b}",
+        f"own test F1 {a} / {b}",
+        f"independent F1 {a} / {b}",
+        "independent F1 other labels (macro)",
+        "exactly-one accuracy (n)",
+        f"only-{a} images: {a} found / {b} claimed",
+        f"only-{b} images: {b} found / {a} claimed",
+        "seconds",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join([
-            f"{r.p:g}", f"{r.train_both} / {r.train_only_first} / {r.train_only_second}",
-            f"{r.own_test_f1_first:.3f} / {r.own_test_f1_second:.3f}",
-            f"{r.indep_f1_first:.3f} / {r.indep_f1_second:.3f}", f"{r.indep_macro_f1_others:.3f}",
-            f"{r.exactly_one_accuracy:.3f} ({r.exactly_one_images})",
-            f"{r.first_only_finds_first:.3f} / {r.first_only_says_second:.3f}",
-            f"{r.second_only_finds_second:.3f} / {r.second_only_says_first:.3f}", f"{r.seconds:.0f}",
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{r.p:g}",
+                    f"{r.train_both} / {r.train_only_first} / {r.train_only_second}",
+                    f"{r.own_test_f1_first:.3f} / {r.own_test_f1_second:.3f}",
+                    f"{r.indep_f1_first:.3f} / {r.indep_f1_second:.3f}",
+                    f"{r.indep_macro_f1_others:.3f}",
+                    f"{r.exactly_one_accuracy:.3f} ({r.exactly_one_images})",
+                    f"{r.first_only_finds_first:.3f} / {r.first_only_says_second:.3f}",
+                    f"{r.second_only_finds_second:.3f} / {r.second_only_says_first:.3f}",
+                    f"{r.seconds:.0f}",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m job.experiments.correlation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m job.experiments.correlation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", required=True, help="Local folder for the table, data sets and runs.")
-    parser.add_argument("--probabilities", type=float, nargs="+", default=list(DEFAULT_PROBABILITIES),
-                        metavar="P", help="Tie probabilities of sea and sunset (default 0.5 0.8 0.95 1.0).")
+    parser.add_argument(
+        "--probabilities",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_PROBABILITIES),
+        metavar="P",
+        help="Tie probabilities of sea and sunset (default 0.5 0.8 0.95 1.0).",
+    )
     parser.add_argument("--num-images", type=int, default=2400, help="Images per correlated data set (default 2400).")
-    parser.add_argument("--test-images", type=int, default=800,
-                        help="Images generated for the independent set; 90%% go to its test split (default 800).")
+    parser.add_argument(
+        "--test-images",
+        type=int,
+        default=800,
+        help="Images generated for the independent set; 90%% go to its test split (default 800).",
+    )
     parser.add_argument("--epochs", type=int, default=10, help="Training epochs per model (default 10).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data and the training (default 0).")
     args = parser.parse_args(argv)
@@ -215,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             if not 0.0 <= p <= 1.0:
                 raise UserError(f"--probabilities must be in [0, 1], got {p}.")
         if os.path.exists(os.path.join(args.out, "runs")):
-            raise UserError(f"{args.out} already holds runs from an earlier experiment (they would be resumed, "
-                            f"not retrained); choose a new --out folder or remove {args.out}.")
+            raise UserError(
+                f"{args.out} already holds runs from an earlier experiment (they would be resumed, "
+                f"not retrained); choose a new --out folder or remove {args.out}."
+            )
         start = time.perf_counter()
         rows = run_experiment(args.out, args.probabilities, args.num_images, args.test_images, args.epochs, args.seed)
         seconds = time.perf_counter() - start
@@ -225,11 +284,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     command = " ".join(["python -m job.experiments.correlation", *(argv if argv is not None else sys.argv[1:])])
     table = format_table(rows)
-    text = (f"# sea/sunset correlation experiment\n\n`{command}`\n\n{table}\n\n"
-            f"Total wall time: {seconds:.0f} s ({os.cpu_count()} CPUs visible). Thresholds at 0.5; "
-            f"{args.num_images} images per correlated set ({args.epochs} epochs), "
-            f"{rows[0].exactly_one_images if rows else 0} independent test images with exactly one of "
-            f"{PAIR[0]}/{PAIR[1]}.\n")
+    text = (
+        f"# sea/sunset correlation experiment\n\n`{command}`\n\n{table}\n\n"
+        f"Total wall time: {seconds:.0f} s ({os.cpu_count()} CPUs visible). Thresholds at 0.5; "
+        f"{args.num_images} images per correlated set ({args.epochs} epochs), "
+        f"{rows[0].exactly_one_images if rows else 0} independent test images with exactly one of "
+        f"{PAIR[0]}/{PAIR[1]}.\n"
+    )
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "correlation.md"), "w") as fh:
         fh.write(text)

@@ -29,7 +29,9 @@ class LocalReporter:
         checkpoints.prune(self.run_uri, self.keep_best)
 
 
-def run_local(cfg: Config, data_uri: str, output_uri: str, run_name: str | None = None, dry_run: bool = False) -> dict | None:
+def run_local(
+    cfg: Config, data_uri: str, output_uri: str, run_name: str | None = None, dry_run: bool = False
+) -> dict | None:
     """Train in this process (no Ray), then evaluate. Returns metrics.json's content."""
     plan = start_run(cfg, data_uri, output_uri, run_name, 1, dry_run)
     if plan is None:
@@ -38,9 +40,12 @@ def run_local(cfg: Config, data_uri: str, output_uri: str, run_name: str | None 
     telemetry = WorkerTelemetry(plan.run_name, 0, cfg.telemetry.worker_port_base, enabled=cfg.telemetry.enabled)
     try:
         history = loop.train_worker(
-            cfg, worker_plan, loop.WorkerInfo(),
-            train_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "train", shuffle_shards=True,
-                                                               seed=cfg.training.seed),
+            cfg,
+            worker_plan,
+            loop.WorkerInfo(),
+            train_examples=lambda: pipeline.examples_from_shards(
+                data_uri, plan.manifest, "train", shuffle_shards=True, seed=cfg.training.seed
+            ),
             val_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "val"),
             reporter=LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
             telemetry=telemetry,

@@ -43,23 +43,31 @@ class RunPlan:
 
     def for_workers(self) -> WorkerPlan:
         """The part of the plan every worker needs."""
-        return WorkerPlan(run_uri=self.run_uri, run_name=self.run_name, class_names=tuple(self.manifest.class_names),
-                         steps_per_epoch=self.steps_per_epoch, validation_steps=self.validation_steps,
-                         batch_size_per_worker=self.batch_size_per_worker)
+        return WorkerPlan(
+            run_uri=self.run_uri,
+            run_name=self.run_name,
+            class_names=tuple(self.manifest.class_names),
+            steps_per_epoch=self.steps_per_epoch,
+            validation_steps=self.validation_steps,
+            batch_size_per_worker=self.batch_size_per_worker,
+        )
 
     def describe(self) -> str:
         m = self.manifest
         sizes = ", ".join(f"{s} {m.num_examples(s)}" for s in shards.SPLITS if s in m.splits)
-        return "\n".join([
-            f"run name          {self.run_name}",
-            f"run location      {self.run_uri}",
-            f"data              {self.data_uri} ({m.format}, {len(m.class_names)} labels: {', '.join(m.class_names)})",
-            f"examples          {sizes}",
-            f"workers           {self.num_workers}",
-            f"batch             {self.batch_size_per_worker} per worker, {self.global_batch_size} global",
-            f"steps per epoch   {self.steps_per_epoch} ({self.examples_per_worker} train examples per worker), "
-            f"{self.validation_steps} validation steps (whole val split on every worker)",
-        ])
+        return "\n".join(
+            [
+                f"run name          {self.run_name}",
+                f"run location      {self.run_uri}",
+                f"data              {self.data_uri} "
+                f"({m.format}, {len(m.class_names)} labels: {', '.join(m.class_names)})",
+                f"examples          {sizes}",
+                f"workers           {self.num_workers}",
+                f"batch             {self.batch_size_per_worker} per worker, {self.global_batch_size} global",
+                f"steps per epoch   {self.steps_per_epoch} ({self.examples_per_worker} train examples per worker), "
+                f"{self.validation_steps} validation steps (whole val split on every worker)",
+            ]
+        )
 
 
 def resolve_run(output_uri: str, run_name: str | None, cfg: Config) -> tuple[str, str]:
@@ -107,18 +115,31 @@ def plan_run(cfg: Config, data_uri: str, output_uri: str, run_name: str | None, 
         )
     train_shards = len(manifest.splits.get("train", []))
     if train_shards < num_workers:
-        log.warning("the train split has %d shard(s) for %d workers; Ray Data splits within shards, but reads "
-                    "are less parallel. Re-shard with more shards (synth/prepare --num-shards) for large sets.",
-                    train_shards, num_workers)
-    return RunPlan(data_uri=data_uri, run_uri=run_uri, run_name=name, manifest=manifest, num_workers=num_workers,
-                   batch_size_per_worker=batch, global_batch_size=batch * num_workers, steps_per_epoch=steps,
-                   validation_steps=-(-manifest.num_examples("val") // batch), examples_per_worker=per_worker)
+        log.warning(
+            "the train split has %d shard(s) for %d workers; Ray Data splits within shards, but reads "
+            "are less parallel. Re-shard with more shards (synth/prepare --num-shards) for large sets.",
+            train_shards,
+            num_workers,
+        )
+    return RunPlan(
+        data_uri=data_uri,
+        run_uri=run_uri,
+        run_name=name,
+        manifest=manifest,
+        num_workers=num_workers,
+        batch_size_per_worker=batch,
+        global_batch_size=batch * num_workers,
+        steps_per_epoch=steps,
+        validation_steps=-(-manifest.num_examples("val") // batch),
+        examples_per_worker=per_worker,
+    )
 
 
 def verify_data(cfg: Config, plan: RunPlan) -> None:
     """Refuse to train on shards that do not match dataset.json (size, sha256)."""
-    report = validate_dataset(plan.data_uri, full_hash=cfg.data.verify_checksums, workers=plan.num_workers,
-                              sample_records=4)
+    report = validate_dataset(
+        plan.data_uri, full_hash=cfg.data.verify_checksums, workers=plan.num_workers, sample_records=4
+    )
     if not report.ok:
         raise shards.DatasetError(
             f"The data set at {plan.data_uri} failed its pre-flight check:\n  - "
@@ -135,7 +156,11 @@ def warn_correlated_labels(cfg: Config, plan: RunPlan, limit: int = 5000) -> Non
             "labels %r and %r appear together in %.0f%% / %.0f%% of their train images: the model cannot learn "
             "to tell them apart, and high accuracy on them says nothing about whether it can. "
             "See `python -m job analyze --data %s`.",
-            pair.first, pair.second, 100 * pair.p_second_given_first, 100 * pair.p_first_given_second, plan.data_uri,
+            pair.first,
+            pair.second,
+            100 * pair.p_second_given_first,
+            100 * pair.p_first_given_second,
+            plan.data_uri,
         )
 
 
@@ -152,17 +177,23 @@ def environment_info() -> dict:
 
 def write_config(cfg: Config, plan: RunPlan) -> None:
     """Save the resolved config, the seed, the data set and the package versions with the run."""
-    RunStore(plan.run_uri).write_config(cfg, run_name=plan.run_name, data_uri=plan.data_uri,
-                                        class_names=list(plan.manifest.class_names), facts={
-                                            "num_workers": plan.num_workers,
-                                            "global_batch_size": plan.global_batch_size,
-                                            "steps_per_epoch": plan.steps_per_epoch,
-                                            "environment": environment_info(),
-                                        })
+    RunStore(plan.run_uri).write_config(
+        cfg,
+        run_name=plan.run_name,
+        data_uri=plan.data_uri,
+        class_names=list(plan.manifest.class_names),
+        facts={
+            "num_workers": plan.num_workers,
+            "global_batch_size": plan.global_batch_size,
+            "steps_per_epoch": plan.steps_per_epoch,
+            "environment": environment_info(),
+        },
+    )
 
 
-def start_run(cfg: Config, data_uri: str, output_uri: str, run_name: str | None, num_workers: int,
-              dry_run: bool) -> RunPlan | None:
+def start_run(
+    cfg: Config, data_uri: str, output_uri: str, run_name: str | None, num_workers: int, dry_run: bool
+) -> RunPlan | None:
     """Plan and print the plan; unless it is a dry run, check the data and save config.json.
 
     Returns:

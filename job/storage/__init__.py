@@ -16,7 +16,6 @@ Settings (endpoint, credentials, region, attempts) come only from the environmen
 role chain, never from config files; `client.py` lists them.
 """
 
-
 from job.storage.access import arrow_filesystem, check_access, ensure_bucket
 from job.storage.client import (
     S3Settings,

@@ -134,8 +134,7 @@ def _check_local(path: str, write: bool) -> None:
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe) and probe != os.path.abspath(path):
         raise StorageError(
-            f"Cannot write {path}: {probe} is a file, so the folder cannot be created. Choose "
-            f"another path."
+            f"Cannot write {path}: {probe} is a file, so the folder cannot be created. Choose another path."
         )
     folder = probe if os.path.isdir(probe) else os.path.dirname(probe)
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -167,4 +166,3 @@ def ensure_bucket(uri: str) -> None:
         except Exception as exc:  # noqa: BLE001 - losing a creation race is fine
             if _error_code(exc) not in {"BucketAlreadyOwnedByYou"}:
                 raise
-

@@ -94,8 +94,6 @@ _DENIED_CODES = {
 _THROTTLE_CODES = {"SlowDown", "503", "Throttling", "ThrottlingException", "RequestLimitExceeded"}
 
 
-
-
 # --------------------------------------------------------------------------- settings
 
 
@@ -271,18 +269,14 @@ def s3_client():
     timeouts; for custom endpoints path-style addressing and checksums only when required.
     """
     attempts = max_attempts()
-    return _cached(
-        "client", lambda: _build_client(attempts, CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)
-    )
+    return _cached("client", lambda: _build_client(attempts, CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS))
 
 
 def _probe_client():
     """A client that gives up fast: check_access must answer in about 10 s."""
     return _cached(
         "probe",
-        lambda: _build_client(
-            CHECK_MAX_ATTEMPTS, CHECK_CONNECT_TIMEOUT_SECONDS, CHECK_READ_TIMEOUT_SECONDS
-        ),
+        lambda: _build_client(CHECK_MAX_ATTEMPTS, CHECK_CONNECT_TIMEOUT_SECONDS, CHECK_READ_TIMEOUT_SECONDS),
     )
 
 
@@ -443,5 +437,3 @@ def _local_errors(path: str, action: str) -> Iterator[None]:
         raise
     except OSError as exc:
         raise _local_error(exc, path, action) from exc
-
-

@@ -74,9 +74,7 @@ def _server_class():
                 self._server_ready_event.set()
 
         def start(self) -> None:
-            self._thread = threading.Thread(
-                target=self._server_entry, name="embedded-s3", daemon=True
-            )
+            self._thread = threading.Thread(target=self._server_entry, name="embedded-s3", daemon=True)
             self._thread.start()
             if not self._server_ready_event.wait(_START_TIMEOUT_SECONDS):
                 raise UserError(

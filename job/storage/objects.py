@@ -150,8 +150,7 @@ def write_json(uri: str, obj: Any) -> None:
 def _require_key(uri: str, key: str) -> None:
     if not key:
         raise StorageError(
-            f"Cannot write {uri}: it names a bucket, not an object. Add a key, e.g. "
-            f"{uri.rstrip('/')}/file."
+            f"Cannot write {uri}: it names a bucket, not an object. Add a key, e.g. {uri.rstrip('/')}/file."
         )
 
 
@@ -212,9 +211,7 @@ def _open_write_local(path: str) -> Iterator[BinaryIO]:
     folder = os.path.dirname(os.path.abspath(path))
     with _local_errors(path, "write"):
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            dir=folder, prefix=f".{os.path.basename(path)}", suffix=f"{_PARTIAL_MARKER}tmp"
-        )
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}", suffix=f"{_PARTIAL_MARKER}tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f  # type: ignore[misc]
@@ -301,9 +298,7 @@ def delete(uri: str) -> None:
         return
     bucket, key = _split(uri)
     if not key:
-        raise StorageError(
-            f"Refusing to delete {uri}: it names a whole bucket. Delete a prefix inside it."
-        )
+        raise StorageError(f"Refusing to delete {uri}: it names a whole bucket. Delete a prefix inside it.")
     keys = [key] + [u[len(f"{S3_SCHEME}{bucket}/") :] for u in list_files(uri)]
     client = s3_client()
     with _s3_errors(uri, "delete"):
@@ -325,9 +320,7 @@ def upload_dir(local_dir: str, uri: str) -> None:
     """Copy every file under ``local_dir`` to ``uri`` (keeps relative paths)."""
     local_dir = _local(local_dir)
     if not os.path.isdir(local_dir):
-        raise StorageError(
-            f"Cannot upload {local_dir}: not a folder. Give the path of an existing folder."
-        )
+        raise StorageError(f"Cannot upload {local_dir}: not a folder. Give the path of an existing folder.")
     for path in _list_local(local_dir, ""):
         relative = os.path.relpath(path, local_dir).replace(os.sep, "/")
         if is_s3(uri):
@@ -359,7 +352,6 @@ def copy_file(source: str, target: str) -> None:
     """Copy one file between any two URIs (local or s3://), streaming and atomically."""
     with open_read(source) as src, open_write(target) as dst:
         shutil.copyfileobj(src, dst, 1024 * 1024)
-
 
 
 def sha256_file(path: str) -> str:

@@ -17,8 +17,6 @@ class StorageError(UserError):
     """
 
 
-
-
 # --------------------------------------------------------------------------- paths
 
 
@@ -32,9 +30,7 @@ def _split(uri: str) -> tuple[str, str]:
     rest = uri[len(S3_SCHEME) :]
     bucket, _, key = rest.partition("/")
     if not bucket:
-        raise StorageError(
-            f"{uri!r} is not a valid S3 URI: it names no bucket. Write it as s3://BUCKET/PREFIX."
-        )
+        raise StorageError(f"{uri!r} is not a valid S3 URI: it names no bucket. Write it as s3://BUCKET/PREFIX.")
     return bucket, key.strip("/")
 
 
@@ -67,5 +63,3 @@ def basename(uri: str) -> str:
         return os.path.basename(uri.rstrip(os.sep))
     bucket, key = _split(uri)
     return key.rsplit("/", 1)[-1] if key else bucket
-
-

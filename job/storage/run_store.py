@@ -84,11 +84,20 @@ class RunStore:
         """True when the folder holds a run's config.json."""
         return exists(self.path(CONFIG_FILE))
 
-    def write_config(self, cfg: Config, *, run_name: str, data_uri: str, class_names: list[str],
-                     facts: dict[str, Any]) -> None:
+    def write_config(
+        self, cfg: Config, *, run_name: str, data_uri: str, class_names: list[str], facts: dict[str, Any]
+    ) -> None:
         """Save the resolved config with the run name, data set, class names and other `facts`."""
-        write_json(self.path(CONFIG_FILE), {"config": config_to_dict(cfg), "run_name": run_name, "data": data_uri,
-                                            "class_names": list(class_names), **facts})
+        write_json(
+            self.path(CONFIG_FILE),
+            {
+                "config": config_to_dict(cfg),
+                "run_name": run_name,
+                "data": data_uri,
+                "class_names": list(class_names),
+                **facts,
+            },
+        )
 
     def read_config(self) -> SavedRunConfig:
         """The config a run was trained with.
@@ -99,8 +108,11 @@ class RunStore:
         if not self.is_run():
             raise UserError(f"{self.uri} is not a run folder (no {CONFIG_FILE}). Pass the --output of a `train` run.")
         saved = read_json(self.path(CONFIG_FILE))
-        return SavedRunConfig(config=config_from_dict(saved["config"]), class_names=list(saved["class_names"]),
-                              data_uri=saved.get("data", ""))
+        return SavedRunConfig(
+            config=config_from_dict(saved["config"]),
+            class_names=list(saved["class_names"]),
+            data_uri=saved.get("data", ""),
+        )
 
     # -------------------------------------------------------------- results
 

@@ -132,8 +132,9 @@ class FaultInjection(tf_keras.callbacks.Callback):
         if self.active and self._current_epoch == self.epoch and batch == self.step and not os.path.exists(self.marker):
             with open(self.marker, "w") as fh:
                 fh.write(f"killed at epoch {self.epoch} step {self.step}\n")
-            log.warning("fault injection: killing this worker (pid %d) at epoch %d step %d",
-                        os.getpid(), self.epoch, self.step)
+            log.warning(
+                "fault injection: killing this worker (pid %d) at epoch %d step %d", os.getpid(), self.epoch, self.step
+            )
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -144,9 +145,18 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
     saves includes their decisions for this epoch.
     """
 
-    def __init__(self, cfg: Config, plan, info, reporter: Reporter,
-                 telemetry: WorkerTelemetry, reduce_lr: ResumableReduceLR | None,
-                 early_stop: ResumableEarlyStopping | None, history: list[dict], best: dict):
+    def __init__(
+        self,
+        cfg: Config,
+        plan,
+        info,
+        reporter: Reporter,
+        telemetry: WorkerTelemetry,
+        reduce_lr: ResumableReduceLR | None,
+        early_stop: ResumableEarlyStopping | None,
+        history: list[dict],
+        best: dict,
+    ):
         super().__init__()
         self.cfg, self.plan, self.info, self.reporter, self.telemetry = cfg, plan, info, reporter, telemetry
         self.reduce_lr, self.early_stop = reduce_lr, early_stop
@@ -189,7 +199,8 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
         local = tempfile.mkdtemp(prefix=f"ckpt-r{self.info.rank}-")
         try:
             tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer).write(
-                os.path.join(local, checkpoints.WEIGHTS_PREFIX))
+                os.path.join(local, checkpoints.WEIGHTS_PREFIX)
+            )
             if self.info.rank == 0:
                 state = {
                     "epoch": epoch,
@@ -239,9 +250,19 @@ class TensorBoardSync(tf_keras.callbacks.Callback):
             log.warning("could not sync TensorBoard files to %s: %s", self.uri, exc)
 
 
-def build_callbacks(cfg: Config, plan, info, *, state: dict, reporter: Reporter, telemetry: WorkerTelemetry,
-                    clock: InputClock, history: list[dict], best: dict,
-                    release_inputs: Callable[[], None] | None) -> list[tf_keras.callbacks.Callback]:
+def build_callbacks(
+    cfg: Config,
+    plan,
+    info,
+    *,
+    state: dict,
+    reporter: Reporter,
+    telemetry: WorkerTelemetry,
+    clock: InputClock,
+    history: list[dict],
+    best: dict,
+    release_inputs: Callable[[], None] | None,
+) -> list[tf_keras.callbacks.Callback]:
     """The worker's callbacks, in the order Keras must call them.
 
     Args:
@@ -261,13 +282,19 @@ def build_callbacks(cfg: Config, plan, info, *, state: dict, reporter: Reporter,
     # 4. ReduceLR and EarlyStopping decide on this epoch's val_loss ...
     reduce_lr = early_stop = None
     if tcfg.reduce_lr_patience_epochs:
-        reduce_lr = ResumableReduceLR(state.get("reduce_lr"), monitor="val_loss",
-                                      patience=tcfg.reduce_lr_patience_epochs, factor=tcfg.reduce_lr_factor,
-                                      min_lr=tcfg.min_learning_rate, verbose=0)
+        reduce_lr = ResumableReduceLR(
+            state.get("reduce_lr"),
+            monitor="val_loss",
+            patience=tcfg.reduce_lr_patience_epochs,
+            factor=tcfg.reduce_lr_factor,
+            min_lr=tcfg.min_learning_rate,
+            verbose=0,
+        )
         callbacks.append(reduce_lr)
     if tcfg.early_stopping_patience_epochs:
-        early_stop = ResumableEarlyStopping(state.get("early_stopping"), monitor="val_loss",
-                                            patience=tcfg.early_stopping_patience_epochs, verbose=0)
+        early_stop = ResumableEarlyStopping(
+            state.get("early_stopping"), monitor="val_loss", patience=tcfg.early_stopping_patience_epochs, verbose=0
+        )
         callbacks.append(early_stop)
     # 5. TensorBoard after LearningRateLog, so the logs it writes include the learning rate.
     if tcfg.tensorboard and info.rank == 0:

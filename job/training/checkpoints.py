@@ -83,7 +83,7 @@ def list_checkpoints(run_uri: str) -> list[tuple[int, str]]:
     """(epoch, uri) of every checkpoint folder under the run, newest first."""
     found: dict[int, str] = {}
     for uri in storage.list_files(run_uri):
-        rel = uri[len(run_uri.rstrip("/")) + 1:]
+        rel = uri[len(run_uri.rstrip("/")) + 1 :]
         top = rel.split("/", 1)[0]
         epoch = checkpoint_epoch(top)
         if epoch is not None and "/" in rel:

@@ -69,10 +69,16 @@ def make_strategy(world_size: int) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def train_worker(cfg: Config, plan: WorkerPlan, info: WorkerInfo,
-                 train_examples: Callable[[], tf.data.Dataset], val_examples: Callable[[], tf.data.Dataset],
-                 reporter: Reporter, telemetry: WorkerTelemetry,
-                 release_inputs: Callable[[], None] | None = None) -> list[dict]:
+def train_worker(
+    cfg: Config,
+    plan: WorkerPlan,
+    info: WorkerInfo,
+    train_examples: Callable[[], tf.data.Dataset],
+    val_examples: Callable[[], tf.data.Dataset],
+    reporter: Reporter,
+    telemetry: WorkerTelemetry,
+    release_inputs: Callable[[], None] | None = None,
+) -> list[dict]:
     """Train (or resume) one worker's part of a run.
 
     Args:
@@ -95,8 +101,12 @@ def train_worker(cfg: Config, plan: WorkerPlan, info: WorkerInfo,
     state = restored.state if restored else {}
     start_epoch = int(state.get("epoch", 0))
     if restored and info.rank == 0:
-        log.info("resuming from %s (epoch %d done, best val_loss %s)", restored.uri, start_epoch,
-                 state.get("best", {}).get("val_loss"))
+        log.info(
+            "resuming from %s (epoch %d done, best val_loss %s)",
+            restored.uri,
+            start_epoch,
+            state.get("best", {}).get("val_loss"),
+        )
     if start_epoch >= cfg.training.epochs:
         if info.rank == 0:
             log.info("run already finished %d/%d epochs; nothing to train", start_epoch, cfg.training.epochs)
@@ -104,15 +114,41 @@ def train_worker(cfg: Config, plan: WorkerPlan, info: WorkerInfo,
 
     model = build_or_restore_model(cfg, len(plan.class_names), strategy, restored)
     clock = InputClock()
-    train_ds, val_ds = make_datasets(cfg, plan, info, strategy, clock, train_examples, val_examples,
-                                     seed=cfg.training.seed + 1000 * info.rank + start_epoch)
+    train_ds, val_ds = make_datasets(
+        cfg,
+        plan,
+        info,
+        strategy,
+        clock,
+        train_examples,
+        val_examples,
+        seed=cfg.training.seed + 1000 * info.rank + start_epoch,
+    )
     history: list[dict] = list(state.get("history", []))
     best = dict(state.get("best", {}))
-    callbacks = build_callbacks(cfg, plan, info, state=state, reporter=reporter, telemetry=telemetry, clock=clock,
-                                history=history, best=best, release_inputs=release_inputs)
+    callbacks = build_callbacks(
+        cfg,
+        plan,
+        info,
+        state=state,
+        reporter=reporter,
+        telemetry=telemetry,
+        clock=clock,
+        history=history,
+        best=best,
+        release_inputs=release_inputs,
+    )
     try:
-        model.fit(train_ds, epochs=cfg.training.epochs, initial_epoch=start_epoch, steps_per_epoch=plan.steps_per_epoch,
-                  validation_data=val_ds, validation_steps=plan.validation_steps, callbacks=callbacks, verbose=0)
+        model.fit(
+            train_ds,
+            epochs=cfg.training.epochs,
+            initial_epoch=start_epoch,
+            steps_per_epoch=plan.steps_per_epoch,
+            validation_data=val_ds,
+            validation_steps=plan.validation_steps,
+            callbacks=callbacks,
+            verbose=0,
+        )
     finally:
         # On an error Keras skips on_train_end; the traceback still holds its iterators here.
         if release_inputs is not None:
@@ -120,15 +156,23 @@ def train_worker(cfg: Config, plan: WorkerPlan, info: WorkerInfo,
     return history
 
 
-def build_or_restore_model(cfg: Config, num_classes: int, strategy: tf.distribute.Strategy,
-                           restored: checkpoints.RestoredCheckpoint | None) -> tf_keras.Model:
+def build_or_restore_model(
+    cfg: Config, num_classes: int, strategy: tf.distribute.Strategy, restored: checkpoints.RestoredCheckpoint | None
+) -> tf_keras.Model:
     """Build and compile the model under the strategy; load weights, optimizer and LR when resuming."""
     weights = local_weights(cfg.model.weights)
     with strategy.scope():
-        model = build_model(cfg.model.backbone, num_classes, cfg.data.image_size,
-                            weights=weights, freeze_backbone=cfg.model.freeze_backbone,
-                            width=cfg.model.width, dropout_rate=cfg.model.dropout_rate,
-                            precision=cfg.training.precision, seed=cfg.training.seed)
+        model = build_model(
+            cfg.model.backbone,
+            num_classes,
+            cfg.data.image_size,
+            weights=weights,
+            freeze_backbone=cfg.model.freeze_backbone,
+            width=cfg.model.width,
+            dropout_rate=cfg.model.dropout_rate,
+            precision=cfg.training.precision,
+            seed=cfg.training.seed,
+        )
         compile_model(model, learning_rate=cfg.training.learning_rate, jit_compile=cfg.training.jit_compile)
         if restored:
             model.optimizer.build(model.trainable_variables)
@@ -139,15 +183,23 @@ def build_or_restore_model(cfg: Config, num_classes: int, strategy: tf.distribut
     return model
 
 
-def make_datasets(cfg: Config, plan: WorkerPlan, info: WorkerInfo, strategy: tf.distribute.Strategy,
-                  clock: InputClock, train_examples: Callable[[], tf.data.Dataset],
-                  val_examples: Callable[[], tf.data.Dataset], seed: int):
+def make_datasets(
+    cfg: Config,
+    plan: WorkerPlan,
+    info: WorkerInfo,
+    strategy: tf.distribute.Strategy,
+    clock: InputClock,
+    train_examples: Callable[[], tf.data.Dataset],
+    val_examples: Callable[[], tf.data.Dataset],
+    seed: int,
+):
     """(train, val) input pipelines of this worker, distributed when the group has several."""
     batch = plan.batch_size_per_worker
 
     def train_fn(_ctx=None):
-        ds = make_pipeline(train_examples(), cfg.data, training=True, batch_size=batch, seed=seed,
-                           repeat=True, drop_remainder=True)
+        ds = make_pipeline(
+            train_examples(), cfg.data, training=True, batch_size=batch, seed=seed, repeat=True, drop_remainder=True
+        )
         return clock.stamp(ds)
 
     def val_fn(_ctx=None):

@@ -1,6 +1,7 @@
 """Keras metrics for training, computed on logits (see job/evaluation/scores.py for the
 NumPy metrics of evaluation, which follow the same conventions so training logs and
 `metrics.json` agree)."""
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -83,9 +84,10 @@ def training_metrics(num_classes: int) -> list:
         # Interpolated area under the PR curve, averaged over labels: close to mAP.
         # (A label with no positives scores 0 here, whereas the NumPy mAP skips it.)
         tf_keras.metrics.AUC(
-            curve="PR", multi_label=True, num_labels=num_classes, from_logits=True,
+            curve="PR",
+            multi_label=True,
+            num_labels=num_classes,
+            from_logits=True,
             name="mean_average_precision",
         ),
     ]
-
-

@@ -76,13 +76,9 @@ def check_model_options(backbone: str, weights: str, image_size: int) -> None:
             image size below the backbone's minimum.
     """
     if backbone not in BACKBONES:
-        raise UserError(
-            f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONES)}"
-        )
+        raise UserError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONES)}")
     if not isinstance(weights, str) or not weights:
-        raise UserError(
-            f"model weights must be 'none', 'imagenet' or a path to a weights file; got {weights!r}"
-        )
+        raise UserError(f"model weights must be 'none', 'imagenet' or a path to a weights file; got {weights!r}")
     if weights == "imagenet" and backbone == "small_cnn":
         raise UserError(
             "small_cnn has no ImageNet weights; use weights=none, a weights file, "
@@ -237,9 +233,7 @@ def build_model(
     check_model_options(backbone, weights, image_size)
     _check_head_options(num_classes, width, dropout_rate)
     if _is_remote(weights):
-        raise UserError(
-            f"weights {weights!r} is remote; fetch it to a local file before building the model"
-        )
+        raise UserError(f"weights {weights!r} is remote; fetch it to a local file before building the model")
     set_precision_policy(precision)
     if seed is not None:
         tf_keras.utils.set_random_seed(seed)

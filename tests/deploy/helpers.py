@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tests.cli import require
 
@@ -25,7 +26,9 @@ def render(name: str) -> str:
     require(shutil.which("kubectl"), "kubectl is not installed: run scripts/install_deploy_tools.sh (it explains how)")
     proc = subprocess.run(
         ["kubectl", "kustomize", str(target_dir(name))],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, f"kubectl kustomize {target_dir(name)} failed:\n{proc.stderr}"
     return proc.stdout

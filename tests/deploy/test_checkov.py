@@ -24,9 +24,11 @@ CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 def _checkov(args: list[str]) -> list[dict[str, Any]]:
     require(CHECKOV.exists(), f"checkov is not installed at {CHECKOV}: run `bash scripts/install_deploy_tools.sh`")
     proc = subprocess.run(
-        [str(CHECKOV), *args, "--output", "json", "--skip-download",
-         "--download-external-modules", "false"],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
+        [str(CHECKOV), *args, "--output", "json", "--skip-download", "--download-external-modules", "false"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     # Exit 1 means failed checks; anything else non-zero is checkov itself failing.
     assert proc.returncode in (0, 1), f"checkov {args} crashed:\n{proc.stderr[-3000:]}"
@@ -41,8 +43,10 @@ def _summary(reports: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, A
     for report in reports:
         results = report.get("results", {})
         passed += report.get("summary", {}).get("passed", 0)
-        failed += [f"{c['check_id']} {c['resource']} ({c.get('file_path')}): {c['check_name']}"
-                   for c in results.get("failed_checks", [])]
+        failed += [
+            f"{c['check_id']} {c['resource']} ({c.get('file_path')}): {c['check_name']}"
+            for c in results.get("failed_checks", [])
+        ]
         skipped += results.get("skipped_checks", [])
     return failed, skipped, passed
 

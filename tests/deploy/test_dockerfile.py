@@ -31,8 +31,12 @@ def _hadolint() -> str:
 
 
 def test_hadolint_has_no_warnings():
-    proc = subprocess.run([_hadolint(), "--format", "json", "--failure-threshold", "warning", str(DOCKERFILE)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [_hadolint(), "--format", "json", "--failure-threshold", "warning", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     findings = [f for f in json.loads(proc.stdout or "[]") if f["level"] in ("error", "warning")]
     assert not findings, "\n".join(f"{f['line']}: {f['code']} {f['message']}" for f in findings)
     assert proc.returncode == 0
@@ -41,8 +45,12 @@ def test_hadolint_has_no_warnings():
 def test_hadolint_catches_a_bad_dockerfile(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN apt-get install curl\nRUN pip install requests\n")
-    proc = subprocess.run([_hadolint(), "--format", "json", "--failure-threshold", "warning", str(bad)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [_hadolint(), "--format", "json", "--failure-threshold", "warning", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert {"DL3006", "DL3008", "DL3013"} <= {f["code"] for f in json.loads(proc.stdout)}
 
@@ -86,9 +94,10 @@ def test_runtime_stage_is_lean_and_non_root():
 
 
 def test_dockerignore_keeps_environments_and_outputs_out():
-    lines = [l.strip() for l in (REPO / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    text = (REPO / ".dockerignore").read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     assert lines[0] == "*", "the build context is an allow-list"
-    allowed = {l[1:].rstrip("/") for l in lines if l.startswith("!")}
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert {"pyproject.toml", "job"} <= allowed
     assert not allowed & {".venv", ".venv-checkov", "runs", "data", ".git", "tests"}
     # Whatever the Dockerfile copies from the context is allowed in.

@@ -63,13 +63,15 @@ def test_core_objects_are_valid_kubernetes(rendered, target):
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{target}: {doc['kind']}/{doc['metadata']['name']} is invalid for "
-                        f"Kubernetes {K8S_VERSION}: {exc.message} at {list(exc.path)}")
+            pytest.fail(
+                f"{target}: {doc['kind']}/{doc['metadata']['name']} is invalid for "
+                f"Kubernetes {K8S_VERSION}: {exc.message} at {list(exc.path)}"
+            )
         checked += 1
     assert checked >= 5
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _crd_schema(kind: str) -> dict[str, Any]:
     path = SCHEMAS / CUSTOM_KINDS[kind]
     crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -81,8 +83,11 @@ def _closed(schema: dict[str, Any]) -> dict[str, Any]:
     """Refuse unknown fields where the API server would (strict field validation), so a
     misspelt field fails here instead of being dropped silently in the cluster."""
     if isinstance(schema, dict):
-        if ("properties" in schema and "additionalProperties" not in schema
-                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         for key, value in schema.items():
             if key in ("properties", "patternProperties"):
@@ -98,15 +103,19 @@ def _closed(schema: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_custom_resources_match_their_crd_schema(rendered, target):
-    require(SCHEMAS.is_dir(), f"CRD schemas not found at {SCHEMAS} (shared/schemas beside the repo); "
-                              "cannot validate RayJob/PodMonitor/PrometheusRule")
+    require(
+        SCHEMAS.is_dir(),
+        f"CRD schemas not found at {SCHEMAS} (shared/schemas beside the repo); "
+        "cannot validate RayJob/PodMonitor/PrometheusRule",
+    )
     custom = [d for d in rendered[target] if d["kind"] in CUSTOM_KINDS]
     assert {d["kind"] for d in custom} >= {"RayJob", "PodMonitor", "PrometheusRule"}
     for doc in custom:
         validator = jsonschema.Draft7Validator(_crd_schema(doc["kind"]))
         errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
         assert not errors, f"{target}: {doc['kind']}/{doc['metadata']['name']}: " + "; ".join(
-            f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5])
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5]
+        )
 
 
 def test_crd_validation_catches_a_misspelt_field(rendered):
@@ -249,15 +258,19 @@ def test_rayjob_train_config_loads_with_the_job(rendered, target, tmp_path):
     path.write_text(cm["data"][key])
     cfg = config.load_config(path)
     workers = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    gpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
-               * g["replicas"] for g in workers)
+    gpus = sum(
+        int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) * g["replicas"]
+        for g in workers
+    )
     # The config asks for what the worker group provides.
     assert cfg.scaling.use_gpu is (gpus > 0)
     if cfg.scaling.use_gpu:
         assert cfg.scaling.num_workers * cfg.scaling.gpus_per_worker <= gpus
     # The pods declare the ports the config serves metrics on.
-    head_ports = {p["containerPort"] for p in rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]
-                  ["template"]["spec"]["containers"][0]["ports"]}
+    head_ports = {
+        p["containerPort"]
+        for p in rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
+    }
     worker_ports = {p["containerPort"] for g in workers for p in g["template"]["spec"]["containers"][0]["ports"]}
     assert cfg.telemetry.driver_port in head_ports
     assert cfg.telemetry.worker_port_base in worker_ports
@@ -322,7 +335,8 @@ def test_local_overlay_is_cpu_only_with_minio_and_demo_data(rendered):
     svc = next(s for s in objects(docs, "Service") if s["metadata"]["name"] == "minio")
     storage = next(c for c in objects(docs, "ConfigMap") if "S3_ENDPOINT_URL" in c.get("data", {}))
     assert storage["data"]["S3_ENDPOINT_URL"] == (
-        f"http://{svc['metadata']['name']}.multilabel.svc.cluster.local:{svc['spec']['ports'][0]['port']}")
+        f"http://{svc['metadata']['name']}.multilabel.svc.cluster.local:{svc['spec']['ports'][0]['port']}"
+    )
     job = next(j for j in objects(docs, "Job") if j["metadata"]["name"] == "minio-bucket-init")
     bucket = re.search(r"s3://([^/]+)/", rayjob["spec"]["entrypoint"]).group(1)
     assert f'bucket = "{bucket}"' in job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
@@ -330,10 +344,16 @@ def test_local_overlay_is_cpu_only_with_minio_and_demo_data(rendered):
     data_uri = rayjob["spec"]["entrypoint"].split("--data")[1].split()[0]
     assert any(f"python -m job synth --out {data_uri}" in " ".join(c["command"]) for c in init)
     # Workers leave CPU for Ray Data: more CPUs per pod than the training worker takes.
-    cfg = yaml.safe_load(next(c for c in objects(docs, "ConfigMap") if "train-config.yaml" in c.get("data", {}))
-                         ["data"]["train-config.yaml"])
-    worker_cpus = float(rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
-                        ["containers"][0]["resources"]["limits"]["cpu"])
+    cfg = yaml.safe_load(
+        next(c for c in objects(docs, "ConfigMap") if "train-config.yaml" in c.get("data", {}))["data"][
+            "train-config.yaml"
+        ]
+    )
+    worker_cpus = float(
+        rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"][
+            "limits"
+        ]["cpu"]
+    )
     assert worker_cpus > cfg["scaling"]["cpus_per_worker"]
 
 
@@ -368,12 +388,17 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 def test_network_policy_limits_ray_and_metrics_ports(rendered, target):
     docs = rendered[target]
     policies = objects(docs, "NetworkPolicy")
-    assert any(p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"]
-               and not p["spec"].get("ingress") for p in policies), "no default deny"
+    assert any(
+        p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"] and not p["spec"].get("ingress")
+        for p in policies
+    ), "no default deny"
     rayjob = one(docs, "RayJob")
     ray_labels = [t["metadata"]["labels"] for label, t in all_pod_templates([rayjob])]
-    ray_policies = [p for p in policies if p["spec"]["podSelector"] and
-                    all(_selects(p["spec"]["podSelector"], lab) for lab in ray_labels)]
+    ray_policies = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"] and all(_selects(p["spec"]["podSelector"], lab) for lab in ray_labels)
+    ]
     assert len(ray_policies) == 1
     rules = ray_policies[0]["spec"]["ingress"]
     for rule in rules:
@@ -382,11 +407,18 @@ def test_network_policy_limits_ray_and_metrics_ports(rendered, target):
             if "namespaceSelector" not in peer:
                 # Same namespace: only the job's own Ray pods.
                 assert all(_selects(peer["podSelector"], lab) for lab in ray_labels)
-                assert not _selects(peer["podSelector"], {"app.kubernetes.io/name": "multilabel-job",
-                                                          "app.kubernetes.io/component": "minio"})
-    from_monitoring = [r for r in rules if any(
-        p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "monitoring"
-        for p in r["from"])]
+                assert not _selects(
+                    peer["podSelector"],
+                    {"app.kubernetes.io/name": "multilabel-job", "app.kubernetes.io/component": "minio"},
+                )
+    from_monitoring = [
+        r
+        for r in rules
+        if any(
+            p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "monitoring"
+            for p in r["from"]
+        )
+    ]
     assert len(from_monitoring) == 1
     ports = from_monitoring[0]["ports"]
     assert [(p["port"], p.get("endPort", p["port"])) for p in ports] == [(9400, 9409)]

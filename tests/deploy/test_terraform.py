@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hcl2
 
@@ -90,7 +91,7 @@ def test_no_iam_policy_grants_s3_star_or_star_resources():
 
 
 def test_job_role_reads_datasets_and_writes_runs_only():
-    (path, _, body), = [d for d in _all("data", "aws_iam_policy_document") if d[1] == "job"]
+    ((path, _, body),) = [d for d in _all("data", "aws_iam_policy_document") if d[1] == "job"]
     by_action: dict[str, list[str]] = {}
     for st in _statements(body):
         assert _s(st.get("effect", '"Allow"')) == "Allow"
@@ -108,7 +109,7 @@ def test_job_role_reads_datasets_and_writes_runs_only():
     assert _s(cond["variable"]) == "s3:prefix" and _s(cond["test"]) == "StringLike"
     assert {_s(v).split("/")[0] for v in cond["values"]} == {"${var.datasets_prefix}", "${var.runs_prefix}"}
     # Only the job's ServiceAccount may take the role.
-    (_, _, trust), = [d for d in _all("data", "aws_iam_policy_document") if d[1] == "trust"]
+    ((_, _, trust),) = [d for d in _all("data", "aws_iam_policy_document") if d[1] == "trust"]
     subs = [c for st in _statements(trust) for c in st["condition"] if _s(c["variable"]).endswith(":sub")]
     assert [_s(v) for v in subs[0]["values"]] == ["system:serviceaccount:${var.namespace}:${var.service_account}"]
 
@@ -123,21 +124,26 @@ def test_bucket_is_encrypted_versioned_private_tls_only_and_expires_old_versions
         "aws_s3_bucket_policy",
         "aws_s3_bucket_lifecycle_configuration",
     } <= resources
-    (_, _, pab), = _all("resource", "aws_s3_bucket_public_access_block")
+    ((_, _, pab),) = _all("resource", "aws_s3_bucket_public_access_block")
     for flag in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"):
         assert pab[flag] is True, flag
-    (_, _, ver), = _all("resource", "aws_s3_bucket_versioning")
+    ((_, _, ver),) = _all("resource", "aws_s3_bucket_versioning")
     assert _s(ver["versioning_configuration"][0]["status"]) == "Enabled"
-    (_, _, sse), = _all("resource", "aws_s3_bucket_server_side_encryption_configuration")
+    ((_, _, sse),) = _all("resource", "aws_s3_bucket_server_side_encryption_configuration")
     algo = _s(sse["rule"][0]["apply_server_side_encryption_by_default"][0]["sse_algorithm"])
     assert algo in ("aws:kms", "AES256")
-    (_, _, pol), = [d for d in _all("data", "aws_iam_policy_document") if d[1] == "bucket"]
+    ((_, _, pol),) = [d for d in _all("data", "aws_iam_policy_document") if d[1] == "bucket"]
     deny = [st for st in _statements(pol) if _s(st.get("effect")) == "Deny"]
-    assert any(_s(c["variable"]) == "aws:SecureTransport" and [_s(v) for v in c["values"]] == ["false"]
-               for st in deny for c in st["condition"])
-    (_, _, life), = _all("resource", "aws_s3_bucket_lifecycle_configuration")
-    assert any("noncurrent_version_expiration" in rule and
-               _s(rule["filter"][0]["prefix"]).startswith("${var.runs_prefix}") for rule in life["rule"])
+    assert any(
+        _s(c["variable"]) == "aws:SecureTransport" and [_s(v) for v in c["values"]] == ["false"]
+        for st in deny
+        for c in st["condition"]
+    )
+    ((_, _, life),) = _all("resource", "aws_s3_bucket_lifecycle_configuration")
+    assert any(
+        "noncurrent_version_expiration" in rule and _s(rule["filter"][0]["prefix"]).startswith("${var.runs_prefix}")
+        for rule in life["rule"]
+    )
 
 
 def test_cluster_has_oidc_a_cpu_group_and_a_gpu_group_from_zero():

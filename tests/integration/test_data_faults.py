@@ -94,7 +94,7 @@ def _record_data_span(data: bytes, index: int) -> tuple[int, int]:
     """(start, end) of record `index`'s payload in TFRecord framing: len u64, crc u32, data, crc u32."""
     offset = 0
     for i in range(index + 1):
-        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        (length,) = struct.unpack("<Q", data[offset : offset + 8])
         start = offset + 12
         if i == index:
             return start, start + length
@@ -117,8 +117,18 @@ def _assert_validate_fails(root: str, *fragments: str) -> str:
 
 
 def _assert_train_refuses(root: str, run: str, *fragments: str) -> str:
-    proc = run_cli("train", "--local", "--config", "configs/demo.yaml", "--data", root, "--output", run,
-                "--set", "telemetry.enabled=false")
+    proc = run_cli(
+        "train",
+        "--local",
+        "--config",
+        "configs/demo.yaml",
+        "--data",
+        root,
+        "--output",
+        run,
+        "--set",
+        "telemetry.enabled=false",
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "Traceback" not in out
@@ -152,7 +162,7 @@ def test_replaced_bytes_same_size_fail_the_sha256(place, backend, fmt):
     shard = _shard_uri(root, fmt)
     data = bytearray(storage.read_bytes(shard))
     middle = len(data) // 2
-    data[middle:middle + 64] = bytes(b ^ 0x5A for b in data[middle:middle + 64])
+    data[middle : middle + 64] = bytes(b ^ 0x5A for b in data[middle : middle + 64])
     storage.write_bytes(shard, bytes(data))
     assert storage.size(shard) == len(data)
 
@@ -231,8 +241,13 @@ def test_unreachable_endpoint_fails_fast_with_a_clear_message():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: None for k in os.environ if k.startswith("AWS_") or k == "S3_ENDPOINT_URL"}
-    env.update(S3_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-               AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+    env.update(
+        S3_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     # Fails fast: the harness kills it and fails the test if it is still retrying after 90 s
     # (how fast it is, is a matter for bench/, not a unit of pass/fail here).
     proc = run_cli("validate", "s3://somewhere/datasets/x", "--full-hash", "--quiet", env=env, timeout=90)

@@ -24,13 +24,26 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "val", "test")
-SPLIT_KEYS = {"loss", "binary_accuracy", "cosine_similarity", "micro_f1", "macro_f1", "mean_average_precision",
-              "hamming_loss", "subset_accuracy", "per_label", "tuned", "num_examples"}
+SPLIT_KEYS = {
+    "loss",
+    "binary_accuracy",
+    "cosine_similarity",
+    "micro_f1",
+    "macro_f1",
+    "mean_average_precision",
+    "hamming_loss",
+    "subset_accuracy",
+    "per_label",
+    "tuned",
+    "num_examples",
+}
 LABEL_KEYS = {"support", "precision", "recall", "f1", "average_precision", "binary_accuracy", "threshold"}
-PNG_SIZES = {"predictions.png": (1320, 1370), "per_label.png": (1600, 750), "cooccurrence.png": (1025, 875),
-             "history.png": (1500, 480)}
-
-
+PNG_SIZES = {
+    "predictions.png": (1320, 1370),
+    "per_label.png": (1600, 750),
+    "cooccurrence.png": (1025, 875),
+    "history.png": (1500, 480),
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +63,33 @@ def check_outputs(read, exists) -> dict:
     thresholds = json.loads(read("thresholds.json"))
     assert len(thresholds["thresholds"]) == 5
     rows = list(csv.DictReader(io.StringIO(read("per_label.csv").decode())))
-    assert {"split", "label", "support", "threshold", "precision_at_0.5", "recall_at_0.5", "f1_at_0.5",
-            "binary_accuracy_at_0.5", "precision_tuned", "recall_tuned", "f1_tuned", "binary_accuracy_tuned",
-            "average_precision"} == set(rows[0])
+    assert {
+        "split",
+        "label",
+        "support",
+        "threshold",
+        "precision_at_0.5",
+        "recall_at_0.5",
+        "f1_at_0.5",
+        "binary_accuracy_at_0.5",
+        "precision_tuned",
+        "recall_tuned",
+        "f1_tuned",
+        "binary_accuracy_tuned",
+        "average_precision",
+    } == set(rows[0])
     assert len(rows) == 15
     for r in rows:
         t = metrics[r["split"]]["tuned"]["per_label"][r["label"]]
         assert float(r["threshold"]) == pytest.approx(t["threshold"], abs=1e-6)
         assert float(r["f1_tuned"]) == pytest.approx(t["f1"], abs=1e-6)
     report = read("report.md").decode()
-    for section in ("## Metrics per split", "## test: threshold 0.5 vs tuned", "## Per label (test)",
-                    "## Correlated labels"):
+    for section in (
+        "## Metrics per split",
+        "## test: threshold 0.5 vs tuned",
+        "## Per label (test)",
+        "## Correlated labels",
+    ):
         assert section in report
     assert f"{metrics['test']['macro_f1']:.4f}" in report
     for name, size in PNG_SIZES.items():
@@ -91,8 +120,15 @@ def test_evaluate_cli_writes_to_output_folder(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"val", "test", "checkpoint"}
-    assert {"report.md", "per_label.csv", "predictions.png", "per_label.png", "cooccurrence.png", "history.png",
-            "thresholds.json"} <= set(os.listdir(out))
+    assert {
+        "report.md",
+        "per_label.csv",
+        "predictions.png",
+        "per_label.png",
+        "cooccurrence.png",
+        "history.png",
+        "thresholds.json",
+    } <= set(os.listdir(out))
     # The same checkpoint and data give the same numbers as the run's own evaluation.
     original = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["macro_f1"] == pytest.approx(original["test"]["macro_f1"], abs=1e-6)
@@ -113,8 +149,11 @@ def test_evaluate_data_with_other_class_names(trained, tmp_path):
     manifest = json.loads((other / "dataset.json").read_text())
     manifest["class_names"] = ["cat", "dog", "fish", "bird", "frog"]
     (other / "dataset.json").write_text(json.dumps(manifest))
-    assert_clean_error(run_cli("evaluate", "--run", str(run), "--data", str(other), "--output", str(tmp_path / "o")),
-                       "has labels ['cat'", "the run was trained on")
+    assert_clean_error(
+        run_cli("evaluate", "--run", str(run), "--data", str(other), "--output", str(tmp_path / "o")),
+        "has labels ['cat'",
+        "the run was trained on",
+    )
 
 
 def test_evaluate_with_thresholds_of_wrong_width(trained, tmp_path):
@@ -123,8 +162,9 @@ def test_evaluate_with_thresholds_of_wrong_width(trained, tmp_path):
     shutil.copytree(run, copy)
     (copy / "thresholds.json").write_text(json.dumps({"thresholds": [0.5, 0.5, 0.5]}))
     # Without val, evaluation uses the saved thresholds: it must refuse a file of the wrong width.
-    assert_clean_error(run_cli("evaluate", "--run", str(copy), "--splits", "test"),
-                       "has 3 threshold(s), but the run has 5 labels")
+    assert_clean_error(
+        run_cli("evaluate", "--run", str(copy), "--splits", "test"), "has 3 threshold(s), but the run has 5 labels"
+    )
 
 
 def test_evaluate_an_s3_run(trained, bucket):
@@ -136,7 +176,9 @@ def test_evaluate_an_s3_run(trained, bucket):
         storage.delete(storage.join(s3_run, name))
     done = run_cli("evaluate", "--run", s3_run, "--data", s3_data)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    metrics = check_outputs(lambda name: storage.read_bytes(storage.join(s3_run, name)),
-                            lambda name: storage.size(storage.join(s3_run, name)) > 1000)
+    metrics = check_outputs(
+        lambda name: storage.read_bytes(storage.join(s3_run, name)),
+        lambda name: storage.size(storage.join(s3_run, name)) > 1000,
+    )
     local = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["macro_f1"] == pytest.approx(local["test"]["macro_f1"], abs=1e-6)

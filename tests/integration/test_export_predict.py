@@ -22,8 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["desert", "mountains", "sea", "sunset", "trees"]
 
 
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(data, run, export dir, test image files) with the run exported once."""
@@ -118,14 +116,17 @@ def test_predict_rejects_a_file_that_is_not_an_image(exported, tmp_path):
     _, _, model_dir, images = exported
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a picture")
-    assert_clean_error(run_cli("predict", "--model", str(model_dir), str(images[0]), str(bad)),
-                       f"{bad} is not an image TensorFlow can decode")
+    assert_clean_error(
+        run_cli("predict", "--model", str(model_dir), str(images[0]), str(bad)),
+        f"{bad} is not an image TensorFlow can decode",
+    )
 
 
 def test_predict_rejects_a_folder_that_is_neither_model_nor_run(exported, tmp_path):
     _, _, _, images = exported
-    assert_clean_error(run_cli("predict", "--model", str(tmp_path), str(images[0])),
-                       "is neither an exported model", "config.json")
+    assert_clean_error(
+        run_cli("predict", "--model", str(tmp_path), str(images[0])), "is neither an exported model", "config.json"
+    )
 
 
 def test_export_with_thresholds_of_wrong_width(exported, tmp_path):
@@ -133,6 +134,8 @@ def test_export_with_thresholds_of_wrong_width(exported, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     (copy / "thresholds.json").write_text(json.dumps({"class_names": NAMES, "thresholds": [0.5, 0.5]}))
-    assert_clean_error(run_cli("export", "--run", str(copy), "--out", str(tmp_path / "m")),
-                       "has 2 threshold(s), but the run has 5 labels")
+    assert_clean_error(
+        run_cli("export", "--run", str(copy), "--out", str(tmp_path / "m")),
+        "has 2 threshold(s), but the run has 5 labels",
+    )
     assert not (tmp_path / "m").exists()

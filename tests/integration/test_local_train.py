@@ -26,8 +26,9 @@ def data_dir(tmp_path_factory) -> str:
 
 
 def _train(data: str, run: Path, *extra: str, timeout: float = 300):
-    return run_cli("train", "--local", "--config", CONFIG, "--data", data, "--output", str(run), *FAST, *extra,
-                   timeout=timeout)
+    return run_cli(
+        "train", "--local", "--config", CONFIG, "--data", data, "--output", str(run), *FAST, *extra, timeout=timeout
+    )
 
 
 def _epochs(run: Path) -> list[int]:
@@ -45,8 +46,9 @@ def test_local_run_writes_outputs_resumes_and_falls_back_from_a_corrupt_checkpoi
     assert "test macro-F1" in out
     metrics = json.loads((run / "metrics.json").read_text())
     for split in ("train", "val", "test"):
-        assert {"loss", "macro_f1", "mean_average_precision", "hamming_loss", "subset_accuracy",
-                "per_label"} <= set(metrics[split])
+        assert {"loss", "macro_f1", "mean_average_precision", "hamming_loss", "subset_accuracy", "per_label"} <= set(
+            metrics[split]
+        )
     config = json.loads((run / "config.json").read_text())
     assert config["config"]["training"]["epochs"] == 2 and config["config"]["model"]["width"] == 8
     assert config["environment"]["packages"]["tensorflow"].startswith("2.21")
@@ -68,19 +70,35 @@ def test_local_run_writes_outputs_resumes_and_falls_back_from_a_corrupt_checkpoi
 
 def test_dry_run_prints_the_plan_and_trains_nothing(data_dir, tmp_path):
     run = tmp_path / "dry"
-    out = _ok(run_cli("train", "--config", CONFIG, "--data", data_dir, "--output", str(run), "--dry-run",
-                      "--set", "scaling.num_workers=2", timeout=120))
+    out = _ok(
+        run_cli(
+            "train",
+            "--config",
+            CONFIG,
+            "--data",
+            data_dir,
+            "--output",
+            str(run),
+            "--dry-run",
+            "--set",
+            "scaling.num_workers=2",
+            timeout=120,
+        )
+    )
     for expected in ("run name          dry", "workers           2", "32 per worker, 64 global", "steps per epoch"):
         assert expected in out, out
     assert not (run / "config.json").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "model.backbone=vgg16"], "model.backbone = 'vgg16' is not one of"),
-    (["--set", "model.weights=/nonexistent/weights.h5"], "/nonexistent/weights.h5"),
-    (["--set", "training.epochz=3"], "Unknown config key training.epochz. Did you mean training.epochs?"),
-    (["--set", "data.batch_size_per_worker=0"], "data.batch_size_per_worker = 0 is below its minimum"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "model.backbone=vgg16"], "model.backbone = 'vgg16' is not one of"),
+        (["--set", "model.weights=/nonexistent/weights.h5"], "/nonexistent/weights.h5"),
+        (["--set", "training.epochz=3"], "Unknown config key training.epochz. Did you mean training.epochs?"),
+        (["--set", "data.batch_size_per_worker=0"], "data.batch_size_per_worker = 0 is below its minimum"),
+    ],
+)
 def test_bad_options_stop_before_any_work(data_dir, tmp_path, args, message):
     run = tmp_path / "bad"
     result = _train(data_dir, run, *args, timeout=120)
@@ -91,11 +109,29 @@ def test_bad_options_stop_before_any_work(data_dir, tmp_path, args, message):
 
 
 def test_missing_config_file_and_missing_data(tmp_path):
-    result = run_cli("train", "--local", "--config", "configs/nope.yaml", "--data", str(tmp_path), "--output",
-                     str(tmp_path / "r"), timeout=60)
+    result = run_cli(
+        "train",
+        "--local",
+        "--config",
+        "configs/nope.yaml",
+        "--data",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "r"),
+        timeout=60,
+    )
     assert result.returncode == 1 and "configs/nope.yaml does not exist" in result.stderr
-    result = run_cli("train", "--local", "--config", CONFIG, "--data", str(tmp_path / "nowhere"), "--output",
-                     str(tmp_path / "r"), timeout=120)
+    result = run_cli(
+        "train",
+        "--local",
+        "--config",
+        CONFIG,
+        "--data",
+        str(tmp_path / "nowhere"),
+        "--output",
+        str(tmp_path / "r"),
+        timeout=120,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "nowhere" in result.stderr
 
@@ -116,7 +152,17 @@ def test_empty_validation_split_is_refused_up_front(data_dir, tmp_path):
 
 def test_analyze_flags_a_pair_that_always_co_occurs(tmp_path):
     data = tmp_path / "tied"
-    run_cli("synth", "--out", str(data), "--num-images", "300", "--pair", "sea:sunset:1.0", "--quiet", timeout=180,
-            check=True)
+    run_cli(
+        "synth",
+        "--out",
+        str(data),
+        "--num-images",
+        "300",
+        "--pair",
+        "sea:sunset:1.0",
+        "--quiet",
+        timeout=180,
+        check=True,
+    )
     out = _ok(run_cli("analyze", "--data", str(data), timeout=120))
     assert "FLAG sea + sunset" in out and "0 with only sea, 0 with only sunset" in out, out

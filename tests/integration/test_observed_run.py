@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _project_targets() -> dict[str, list[str]]:
     """Scrape jobs and targets exactly as monitoring/prometheus-local.yml lists them."""
     cfg = yaml.safe_load((ROOT / "monitoring" / "prometheus-local.yml").read_text())
-    return {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
-            for job in cfg["scrape_configs"]}
+    return {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in cfg["scrape_configs"]
+    }
 
 
 def test_prometheus_scrapes_a_two_worker_run_and_tensorboard_lands_on_s3(s3_server, tmp_path):
@@ -31,10 +32,24 @@ def test_prometheus_scrapes_a_two_worker_run_and_tensorboard_lands_on_s3(s3_serv
     data, run = f"s3://{bucket}/datasets/d", f"s3://{bucket}/runs/watched"
     run_cli("synth", "--out", data, "--num-images", "300", "--quiet", timeout=180, check=True)
     with PrometheusServer.start(tmp_path / "prom", _project_targets(), interval="1s") as prom:
-        result = run_cli("train", "--config", "configs/demo.yaml", "--data", data, "--output", run,
-                         "--set", "training.epochs=2", "--set", "model.width=8",
-                         "--set", "data.batch_size_per_worker=16", "--set", "telemetry.final_scrape_wait_seconds=4",
-                         timeout=420)
+        result = run_cli(
+            "train",
+            "--config",
+            "configs/demo.yaml",
+            "--data",
+            data,
+            "--output",
+            run,
+            "--set",
+            "training.epochs=2",
+            "--set",
+            "model.width=8",
+            "--set",
+            "data.batch_size_per_worker=16",
+            "--set",
+            "telemetry.final_scrape_wait_seconds=4",
+            timeout=420,
+        )
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
         # Series go stale once a worker exits, so ask for the highest value seen during the run.
         steps = values_by_label(prom.query("max_over_time(multilabel_train_steps_total[15m])"), "rank")

@@ -16,8 +16,20 @@ from tests.cli import run_cli
 
 pytestmark = pytest.mark.integration
 
-LABELS = ["sea", "sea sunset", "trees", "", "sunset trees", "sea", "trees", "sunset", "sea trees", "sunset",
-          "sea", "trees"]
+LABELS = [
+    "sea",
+    "sea sunset",
+    "trees",
+    "",
+    "sunset trees",
+    "sea",
+    "trees",
+    "sunset",
+    "sea trees",
+    "sunset",
+    "sea",
+    "trees",
+]
 
 
 @pytest.fixture
@@ -38,8 +50,24 @@ def source(tmp_path):
 def test_prepare_to_s3_then_validate_full_hash(source, bucket, fmt):
     images, csv_path = source
     uri = f"s3://{bucket}/datasets/mine"
-    proc = run_cli("prepare", "--images", images, "--labels", csv_path, "--out", uri, "--format", fmt,
-                "--num-shards", "2", "--val-fraction", "0.25", "--test-fraction", "0.25", "--quiet")
+    proc = run_cli(
+        "prepare",
+        "--images",
+        images,
+        "--labels",
+        csv_path,
+        "--out",
+        uri,
+        "--format",
+        fmt,
+        "--num-shards",
+        "2",
+        "--val-fraction",
+        "0.25",
+        "--test-fraction",
+        "0.25",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {len(LABELS)} images (train 6, val 3, test 3) with 3 classes" in proc.stdout
 
@@ -57,8 +85,9 @@ def test_prepare_to_s3_then_validate_full_hash(source, bucket, fmt):
 
 def test_prepare_to_missing_bucket_fails_before_checking_images(source, s3_server):
     images, csv_path = source
-    proc = run_cli("prepare", "--images", images, "--labels", csv_path, "--out", "s3://no-such-bucket-xyz/ds",
-                "--quiet")
+    proc = run_cli(
+        "prepare", "--images", images, "--labels", csv_path, "--out", "s3://no-such-bucket-xyz/ds", "--quiet"
+    )
     assert proc.returncode == 1
     assert "bucket 'no-such-bucket-xyz' does not exist" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr

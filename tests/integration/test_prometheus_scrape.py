@@ -44,8 +44,10 @@ def prometheus(tmp_path, job_telemetry):
     workers, driver = job_telemetry
     server = PrometheusServer.start(
         tmp_path / "prometheus",
-        {"multilabel-workers": [f"127.0.0.1:{w.port}" for w in workers],
-         "multilabel-driver": [f"127.0.0.1:{driver.port}"]},
+        {
+            "multilabel-workers": [f"127.0.0.1:{w.port}" for w in workers],
+            "multilabel-driver": [f"127.0.0.1:{driver.port}"],
+        },
         interval="1s",
         rule_files=[RULES],
     )
@@ -66,15 +68,16 @@ def test_prometheus_scrapes_steps_per_rank_and_run_state(prometheus, job_telemet
     result = prometheus.wait_for(
         "multilabel_train_steps_total",
         lambda r: values_by_label(r, "rank") == {"0": 12.0, "1": 7.0},
-        timeout_seconds=30)
+        timeout_seconds=30,
+    )
     assert {r["metric"]["run"] for r in result} == {RUN}
     assert {r["metric"]["job"] for r in result} == {"multilabel-workers"}
 
-    prometheus.wait_for('multilabel_run_state{state="running"} == 1', lambda r: len(r) == 1,
-                        timeout_seconds=30)
+    prometheus.wait_for('multilabel_run_state{state="running"} == 1', lambda r: len(r) == 1, timeout_seconds=30)
     driver.set_state("succeeded")
-    result = prometheus.wait_for('multilabel_run_state{state="succeeded"} == 1',
-                                 lambda r: len(r) == 1, timeout_seconds=30)
+    result = prometheus.wait_for(
+        'multilabel_run_state{state="succeeded"} == 1', lambda r: len(r) == 1, timeout_seconds=30
+    )
     assert result[0]["metric"]["run"] == RUN
     assert prometheus.query('multilabel_run_state{state="running"} == 1') == []
 
@@ -83,9 +86,17 @@ def test_every_dashboard_query_returns_data(prometheus, job_telemetry):
     workers, driver = job_telemetry
     driver.set_state("running")
     for worker in workers:
-        worker.record_epoch(1, {"loss": 0.7, "val_loss": 0.8, "val_binary_accuracy": 0.6,
-                                "val_macro_f1": 0.4, "val_mean_average_precision": 0.5,
-                                "learning_rate": 0.001})
+        worker.record_epoch(
+            1,
+            {
+                "loss": 0.7,
+                "val_loss": 0.8,
+                "val_binary_accuracy": 0.6,
+                "val_macro_f1": 0.4,
+                "val_mean_average_precision": 0.5,
+                "learning_rate": 0.001,
+            },
+        )
     workers[0].record_checkpoint(2.0, ok=True)
 
     def trained_between_scrapes(result):
@@ -94,8 +105,7 @@ def test_every_dashboard_query_returns_data(prometheus, job_telemetry):
                 worker.record_step(0.2, 32, 0.05)
         return len(result) == 2
 
-    prometheus.wait_for("increase(multilabel_train_steps_total[1m]) > 0", trained_between_scrapes,
-                        timeout_seconds=30)
+    prometheus.wait_for("increase(multilabel_train_steps_total[1m]) > 0", trained_between_scrapes, timeout_seconds=30)
 
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = []
@@ -107,14 +117,12 @@ def test_every_dashboard_query_returns_data(prometheus, job_telemetry):
     assert len(exprs) >= 15
     empty = []
     for title, expr in exprs:
-        promql = (expr.replace("$__rate_interval", "1m").replace('"$run"', '".*"')
-                  .replace('"$rank"', '".*"'))
+        promql = expr.replace("$__rate_interval", "1m").replace('"$run"', '".*"').replace('"$rank"', '".*"')
         if not prometheus.query(promql):  # raises on a PromQL syntax error
             empty.append((title, promql))
     assert empty == []
 
-    p50 = prometheus.query(
-        'histogram_quantile(0.5, sum by (le) (rate(multilabel_train_step_seconds_bucket[1m])))')
+    p50 = prometheus.query("histogram_quantile(0.5, sum by (le) (rate(multilabel_train_step_seconds_bucket[1m])))")
     # Steps of 0.2 s fall in the (0.1, 0.25] bucket; the quantile lies inside it.
     assert len(p50) == 1 and 0.1 < float(p50[0]["value"][1]) <= 0.25, p50
 
@@ -133,7 +141,9 @@ def test_alert_rules_load_and_evaluate_in_a_real_prometheus(prometheus, job_tele
 
     def run_failed_firing(_):
         alerts = prometheus.api("alerts")["alerts"]
-        return any(a["labels"]["alertname"] == "MultilabelRunFailed" and a["state"] == "firing"
-                   and a["labels"]["run"] == RUN for a in alerts)
+        return any(
+            a["labels"]["alertname"] == "MultilabelRunFailed" and a["state"] == "firing" and a["labels"]["run"] == RUN
+            for a in alerts
+        )
 
     prometheus.wait_for("vector(1)", run_failed_firing, timeout_seconds=30)

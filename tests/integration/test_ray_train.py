@@ -26,11 +26,30 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONFIG = "configs/demo.yaml"
 # Small and fast: 2 workers x 1 CPU, tiny model; telemetry off unless a test scrapes it.
-FAST = ["--set", "model.width=8", "--set", "data.batch_size_per_worker=16", "--set", "telemetry.enabled=false",
-        "--set", "training.early_stopping_patience_epochs=0", "--set", "training.reduce_lr_patience_epochs=0"]
+FAST = [
+    "--set",
+    "model.width=8",
+    "--set",
+    "data.batch_size_per_worker=16",
+    "--set",
+    "telemetry.enabled=false",
+    "--set",
+    "training.early_stopping_patience_epochs=0",
+    "--set",
+    "training.reduce_lr_patience_epochs=0",
+]
 RUN_TIMEOUT = 420
-CONTRACT_KEYS = {"loss", "binary_accuracy", "cosine_similarity", "micro_f1", "macro_f1", "mean_average_precision",
-                 "hamming_loss", "subset_accuracy", "per_label"}
+CONTRACT_KEYS = {
+    "loss",
+    "binary_accuracy",
+    "cosine_similarity",
+    "micro_f1",
+    "macro_f1",
+    "mean_average_precision",
+    "hamming_loss",
+    "subset_accuracy",
+    "per_label",
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +67,9 @@ def tfrecord_data(data_bucket) -> str:
 
 
 def _train(data: str, output: str, *extra: str, env: dict | None = None, timeout: float = RUN_TIMEOUT):
-    return run_cli("train", "--config", CONFIG, "--data", data, "--output", output, *FAST, *extra, env=env,
-                   timeout=timeout)
+    return run_cli(
+        "train", "--config", CONFIG, "--data", data, "--output", output, *FAST, *extra, env=env, timeout=timeout
+    )
 
 
 def _history(run_uri: str) -> list[dict]:
@@ -57,8 +77,11 @@ def _history(run_uri: str) -> list[dict]:
 
 
 def _checkpoint_epochs(run_uri: str) -> list[int]:
-    names = {re.search(r"checkpoint_epoch-(\d+)/", u).group(1) for u in storage.list_files(run_uri)
-             if "checkpoint_epoch-" in u}
+    names = {
+        re.search(r"checkpoint_epoch-(\d+)/", u).group(1)
+        for u in storage.list_files(run_uri)
+        if "checkpoint_epoch-" in u
+    }
     return sorted(int(n) for n in names)
 
 
@@ -96,8 +119,20 @@ def _latest_dir(run_uri: str) -> str:
 
 def test_two_workers_train_on_parquet_shards(data_bucket):
     data = f"s3://{data_bucket}/datasets/pq"
-    run_cli("synth", "--out", data, "--num-images", "300", "--format", "parquet", "--num-shards", "1", "--quiet",
-            timeout=180, check=True)
+    run_cli(
+        "synth",
+        "--out",
+        data,
+        "--num-images",
+        "300",
+        "--format",
+        "parquet",
+        "--num-shards",
+        "1",
+        "--quiet",
+        timeout=180,
+        check=True,
+    )
     run = f"s3://{data_bucket}/runs/parquet"
     result = _train(data, run, "--set", "training.epochs=1")
     _assert_ok(result)
@@ -114,12 +149,20 @@ def test_two_workers_train_on_parquet_shards(data_bucket):
 # ---------------------------------------------------------------------------- faults
 
 
-def test_killed_worker_is_restarted_and_resumes_from_latest_checkpoint(data_bucket, tfrecord_data, baseline_run,
-                                                                       tmp_path):
+def test_killed_worker_is_restarted_and_resumes_from_latest_checkpoint(
+    data_bucket, tfrecord_data, baseline_run, tmp_path
+):
     run = f"s3://{data_bucket}/runs/killed"
     marker = tmp_path / "killed"
-    result = _train(tfrecord_data, run, "--set", "training.epochs=3", "--set", "scaling.max_failures=1",
-                    env={"JOB_FAULT_KILL": f"1:3:2:{marker}"})
+    result = _train(
+        tfrecord_data,
+        run,
+        "--set",
+        "training.epochs=3",
+        "--set",
+        "scaling.max_failures=1",
+        env={"JOB_FAULT_KILL": f"1:3:2:{marker}"},
+    )
     _assert_ok(result)
     assert marker.exists(), "the fault was never injected"
     out = result.stdout + result.stderr
@@ -134,8 +177,15 @@ def test_killed_worker_is_restarted_and_resumes_from_latest_checkpoint(data_buck
 
 def test_killed_worker_without_retries_fails_with_a_clear_error(data_bucket, tfrecord_data, tmp_path):
     run = f"s3://{data_bucket}/runs/killed-fatal"
-    result = _train(tfrecord_data, run, "--set", "training.epochs=2", "--set", "scaling.max_failures=0",
-                    env={"JOB_FAULT_KILL": f"1:1:2:{tmp_path / 'killed'}"})
+    result = _train(
+        tfrecord_data,
+        run,
+        "--set",
+        "training.epochs=2",
+        "--set",
+        "scaling.max_failures=0",
+        env={"JOB_FAULT_KILL": f"1:1:2:{tmp_path / 'killed'}"},
+    )
     assert result.returncode == 1
     # Ray streams the workers' own logs (tracebacks included) above it; the command's last
     # word is one paragraph naming the rank that died and the cause.
@@ -189,25 +239,68 @@ def test_ray_job_submit_runs_on_a_started_cluster(data_bucket, tfrecord_data, tm
     if not shutil.which(ray_bin):
         pytest.fail("the ray CLI is missing from the environment")
     # `python` in the entrypoint must be this environment's interpreter, as in an activated venv.
-    env = {**os.environ, "RAY_AUTH_MODE": "token",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     dash_port = _free_port()
     gcs_port = _free_port()
     # Its own temp folder marks this cluster's processes, so the test stops only those
     # (`ray stop --force` would stop every Ray on the machine). Short: it holds unix sockets.
     temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
-    subprocess.run([ray_bin, "start", "--head", f"--port={gcs_port}", "--num-cpus=4", "--include-dashboard=true",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--disable-usage-stats",
-                    f"--temp-dir={temp_dir}"],
-                   env=env, check=True, timeout=180, capture_output=True, text=True)
+    subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            f"--port={gcs_port}",
+            "--num-cpus=4",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash_port}",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        check=True,
+        timeout=180,
+        capture_output=True,
+        text=True,
+    )
     try:
         run = f"s3://{data_bucket}/runs/submitted"
-        runtime_env = {"env_vars": {k: os.environ[k] for k in ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                                                 "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}}
-        cmd = [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash_port}", "--working-dir", str(REPO),
-               "--runtime-env-json", json.dumps(runtime_env), "--",
-               "python", "-m", "job", "train", "--config", CONFIG, "--data", tfrecord_data, "--output", run, *FAST,
-               "--set", "training.epochs=1"]
+        runtime_env = {
+            "env_vars": {
+                k: os.environ[k]
+                for k in ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+            }
+        }
+        cmd = [
+            ray_bin,
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dash_port}",
+            "--working-dir",
+            str(REPO),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "python",
+            "-m",
+            "job",
+            "train",
+            "--config",
+            CONFIG,
+            "--data",
+            tfrecord_data,
+            "--output",
+            run,
+            *FAST,
+            "--set",
+            "training.epochs=1",
+        ]
         # The job agent can take a while to register after `ray start` on a busy machine;
         # the submission is refused (not queued) until it has.
         deadline = time.monotonic() + 180

@@ -110,8 +110,10 @@ def test_verify_reports_every_damaged_file(tmp_path):
     os.remove(os.path.join(folder, "model.ckpt.index"))
     _flip_byte(os.path.join(folder, "model.ckpt.data-00000-of-00001"))
     problems = checkpoints.verify(folder)
-    assert sorted(problems) == ["model.ckpt.data-00000-of-00001 does not match its sha256",
-                                "model.ckpt.index is missing"]
+    assert sorted(problems) == [
+        "model.ckpt.data-00000-of-00001 does not match its sha256",
+        "model.ckpt.index is missing",
+    ]
 
 
 # ---------------------------------------------------------------------------- publish, list, restore
@@ -119,8 +121,12 @@ def test_verify_reports_every_damaged_file(tmp_path):
 
 def test_publish_writes_every_file_and_the_manifest(tmp_path):
     run, uris = _run(tmp_path, {1: 0.9})
-    assert sorted(os.listdir(uris[1])) == ["manifest.json", "model.ckpt.data-00000-of-00001", "model.ckpt.index",
-                                           "state.json"]
+    assert sorted(os.listdir(uris[1])) == [
+        "manifest.json",
+        "model.ckpt.data-00000-of-00001",
+        "model.ckpt.index",
+        "state.json",
+    ]
     assert checkpoints.verify(uris[1]) == []
 
 

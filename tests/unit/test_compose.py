@@ -101,8 +101,12 @@ def test_local_minio_recipe_uses_the_bucket_and_the_storage_env_names():
     docs = WATCHING.read_text()
     recipe = next(line for line in docs.splitlines() if "python -m job demo" in line)
     assert f"--bucket {BUCKET}" in recipe
-    for name in ("S3_ENDPOINT_URL=http://localhost:9000", "AWS_ACCESS_KEY_ID=$MINIO_ROOT_USER",
-                 "AWS_SECRET_ACCESS_KEY=$MINIO_ROOT_PASSWORD", "AWS_REGION="):
+    for name in (
+        "S3_ENDPOINT_URL=http://localhost:9000",
+        "AWS_ACCESS_KEY_ID=$MINIO_ROOT_USER",
+        "AWS_SECRET_ACCESS_KEY=$MINIO_ROOT_PASSWORD",
+        "AWS_REGION=",
+    ):
         assert name in recipe
     assert "export MINIO_ROOT_USER=" in docs and "MINIO_ROOT_PASSWORD=" in docs
 
@@ -131,13 +135,11 @@ def test_grafana_provisions_the_datasource_and_the_dashboard(services):
     bound = mounts(grafana)
     for target, source in bound.items():
         assert (ROOT / source).exists(), f"{source} (mounted at {target}) does not exist"
-    datasources = yaml.safe_load(
-        (ROOT / bound["/etc/grafana/provisioning/datasources"] / "prometheus.yml").read_text())
+    datasources = yaml.safe_load((ROOT / bound["/etc/grafana/provisioning/datasources"] / "prometheus.yml").read_text())
     ds = datasources["datasources"][0]
     assert ds["type"] == "prometheus"
     assert ds["url"] == "http://prometheus:9090"  # the compose service name and its port
-    providers = yaml.safe_load(
-        (ROOT / bound["/etc/grafana/provisioning/dashboards"] / "multilabel.yml").read_text())
+    providers = yaml.safe_load((ROOT / bound["/etc/grafana/provisioning/dashboards"] / "multilabel.yml").read_text())
     dashboard_dir = providers["providers"][0]["options"]["path"]
     assert (ROOT / bound[dashboard_dir] / "multilabel-training.json").is_file()
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]

@@ -324,8 +324,9 @@ def test_nan_is_out_of_range(override):
 
 
 def test_bounds_themselves_are_accepted():
-    cfg = load_config(None, ["data.image_size=16", "data.image_size=1024", "model.dropout_rate=0.9",
-                             "checkpoint.keep_best=1"])
+    cfg = load_config(
+        None, ["data.image_size=16", "data.image_size=1024", "model.dropout_rate=0.9", "checkpoint.keep_best=1"]
+    )
     assert cfg.data.image_size == 1024
     assert cfg.model.dropout_rate == pytest.approx(0.9)
 
@@ -334,8 +335,10 @@ def test_bounds_themselves_are_accepted():
 
 
 def test_dict_round_trip_is_identical():
-    cfg = load_config(os.path.join(REPO, "configs/demo.yaml"),
-                      ["run_name=r1", "training.learning_rate=1e-3", "data.augment=false", "model.backbone=xception"])
+    cfg = load_config(
+        os.path.join(REPO, "configs/demo.yaml"),
+        ["run_name=r1", "training.learning_rate=1e-3", "data.augment=false", "model.backbone=xception"],
+    )
     as_dict = config_to_dict(cfg)
     again = config_from_dict(as_dict)
     assert again == cfg

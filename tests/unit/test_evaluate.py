@@ -70,7 +70,12 @@ def test_report_has_split_table_threshold_table_and_per_label_rows():
     for split in ("train", "val", "test"):
         row = next(line for line in lines if line.startswith(f"| {split} |"))
         assert f"{metrics[split]['macro_f1']:.4f}" in row
-    assert next(line for line in lines if line.startswith("| tuned |")).count(f"{metrics['test']['tuned']['macro_f1']:.4f}") == 1
+    assert (
+        next(line for line in lines if line.startswith("| tuned |")).count(
+            f"{metrics['test']['tuned']['macro_f1']:.4f}"
+        )
+        == 1
+    )
     for name in NAMES:
         assert any(line.startswith(f"| {name} |") for line in lines)
     assert "No pair of labels" in text
@@ -108,12 +113,15 @@ def test_load_thresholds_missing_file_is_none(tmp_path):
     assert loading.load_thresholds(str(tmp_path), NAMES) is None
 
 
-@pytest.mark.parametrize("obj, words", [
-    ({"class_names": NAMES, "thresholds": [0.5, 0.5, 0.5]}, "has 3 threshold(s), but the run has 5 labels"),
-    ({"class_names": NAMES[::-1], "thresholds": [0.5] * 5}, "is for labels"),
-    ({"class_names": NAMES, "thresholds": [0.5, 0.5, 0.5, 0.5, 1.5]}, "outside [0, 1]"),
-    ({"class_names": NAMES}, "not a valid thresholds file"),
-])
+@pytest.mark.parametrize(
+    "obj, words",
+    [
+        ({"class_names": NAMES, "thresholds": [0.5, 0.5, 0.5]}, "has 3 threshold(s), but the run has 5 labels"),
+        ({"class_names": NAMES[::-1], "thresholds": [0.5] * 5}, "is for labels"),
+        ({"class_names": NAMES, "thresholds": [0.5, 0.5, 0.5, 0.5, 1.5]}, "outside [0, 1]"),
+        ({"class_names": NAMES}, "not a valid thresholds file"),
+    ],
+)
 def test_load_thresholds_rejects_bad_files(tmp_path, obj, words):
     run = _write_thresholds(tmp_path, obj)
     with pytest.raises(UserError, match="python -m job evaluate") as info:

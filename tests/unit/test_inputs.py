@@ -46,13 +46,16 @@ def _examples(n: int, k: int = K) -> list[Example]:
     return [Example(id=f"ex-{i:03d}", image=_noise(i), labels=np.array(_bits(i, k))) for i in range(n)]
 
 
-def _write(root: str, fmt: str, split_sizes: dict[str, tuple[int, int]], k: int = K,
-           class_names=None) -> tuple[shards.Manifest, dict[str, list[Example]]]:
+def _write(
+    root: str, fmt: str, split_sizes: dict[str, tuple[int, int]], k: int = K, class_names=None
+) -> tuple[shards.Manifest, dict[str, list[Example]]]:
     written, data = {}, {}
     offset = 0
     for split, (n, num_shards) in split_sizes.items():
-        data[split] = [Example(id=f"{split}-{i}", image=_noise(offset + i), labels=np.array(_bits(offset + i, k)))
-                       for i in range(n)]
+        data[split] = [
+            Example(id=f"{split}-{i}", image=_noise(offset + i), labels=np.array(_bits(offset + i, k)))
+            for i in range(n)
+        ]
         offset += n
         written[split] = shards.write_split(root, split, iter(data[split]), n, num_shards, fmt, k)
     names = class_names if class_names is not None else [f"c{j}" for j in range(k)]
@@ -164,8 +167,9 @@ def test_training_shuffle_is_a_bounded_permutation():
     n, buffer = 24, 3
     orders = []
     for seed in range(4):
-        ds = pipeline.make_pipeline(_indexed_examples(n), _cfg(shuffle_buffer_examples=buffer), training=True,
-                                  batch_size=n, seed=seed)
+        ds = pipeline.make_pipeline(
+            _indexed_examples(n), _cfg(shuffle_buffer_examples=buffer), training=True, batch_size=n, seed=seed
+        )
         order = _indices(next(iter(ds))[1].numpy())
         assert sorted(order) == list(range(n))  # every example once
         # A buffer of B examples can only emit one of the next B inputs at each position.
@@ -173,8 +177,9 @@ def test_training_shuffle_is_a_bounded_permutation():
         orders.append(order)
     assert any(order != list(range(n)) for order in orders)
     # The same seed gives the same order.
-    again = pipeline.make_pipeline(_indexed_examples(n), _cfg(shuffle_buffer_examples=buffer), training=True,
-                                 batch_size=n, seed=2)
+    again = pipeline.make_pipeline(
+        _indexed_examples(n), _cfg(shuffle_buffer_examples=buffer), training=True, batch_size=n, seed=2
+    )
     assert _indices(next(iter(again))[1].numpy()) == orders[2]
 
 
@@ -185,20 +190,33 @@ def test_training_without_shuffle_buffer_keeps_order():
 
 def test_pipeline_repeat_loops_over_the_data():
     n = 5
-    ds = pipeline.make_pipeline(_indexed_examples(n), _cfg(shuffle_buffer_examples=n), training=True, batch_size=4,
-                              repeat=True, drop_remainder=True, seed=1)
+    ds = pipeline.make_pipeline(
+        _indexed_examples(n),
+        _cfg(shuffle_buffer_examples=n),
+        training=True,
+        batch_size=4,
+        repeat=True,
+        drop_remainder=True,
+        seed=1,
+    )
     seen = _indices(np.concatenate([labels for _, labels in ds.take(5).as_numpy_iterator()]))
     assert len(seen) == 20
     # Shuffling happens before repeat: every epoch shows each example exactly once ...
-    epochs = [seen[i:i + n] for i in range(0, 20, n)]
+    epochs = [seen[i : i + n] for i in range(0, 20, n)]
     assert all(sorted(epoch) == list(range(n)) for epoch in epochs), epochs
     # ... in a new order each epoch.
     assert len({tuple(epoch) for epoch in epochs}) > 1, epochs
 
 
 def test_training_pipeline_with_augment_keeps_shape_range_and_labels():
-    ds = pipeline.make_pipeline(_indexed_examples(6), _cfg(augment=True, shuffle_buffer_examples=2), training=True,
-                              batch_size=3, seed=5, drop_remainder=True)
+    ds = pipeline.make_pipeline(
+        _indexed_examples(6),
+        _cfg(augment=True, shuffle_buffer_examples=2),
+        training=True,
+        batch_size=3,
+        seed=5,
+        drop_remainder=True,
+    )
     images, labels = [], []
     for x, y in ds.as_numpy_iterator():
         assert x.shape == (3, SIZE, SIZE, 3) and x.dtype == np.float32
@@ -241,8 +259,9 @@ def test_examples_from_shards_with_shuffled_shards_still_reads_each_once(tmp_pat
 def test_examples_from_shards_into_pipeline_gives_float_label_batches(tmp_path):
     root = str(tmp_path / "ds")
     manifest, _ = _write(root, "parquet", {"train": (6, 2)})
-    ds = pipeline.make_pipeline(pipeline.examples_from_shards(root, manifest, "train"), _cfg(), training=False,
-                              batch_size=4)
+    ds = pipeline.make_pipeline(
+        pipeline.examples_from_shards(root, manifest, "train"), _cfg(), training=False, batch_size=4
+    )
     x, y = next(iter(ds))
     assert x.shape == (4, SIZE, SIZE, 3) and x.dtype == tf.float32
     assert y.shape == (4, K) and y.dtype == tf.float32
@@ -307,20 +326,25 @@ def test_load_shard_arrays_returns_bytes_and_int_labels(tmp_path):
 def _batches_image_layout(examples, batch_size):
     def make():
         for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
+            chunk = examples[start : start + batch_size]
             # Ray Data gives list columns as an object array of arrays.
             labels = np.empty(len(chunk), dtype=object)
             labels[:] = [np.asarray(e.labels, np.int64) for e in chunk]
-            yield {"image": np.array([e.image for e in chunk], dtype=object), "labels": labels,
-                   "id": np.array([e.id for e in chunk], dtype=object)}
+            yield {
+                "image": np.array([e.image for e in chunk], dtype=object),
+                "labels": labels,
+                "id": np.array([e.id for e in chunk], dtype=object),
+            }
+
     return make
 
 
 def _batches_record_layout(examples, batch_size):
     def make():
         for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
+            chunk = examples[start : start + batch_size]
             yield {"record": np.array([shards.tfrecord_example(e) for e in chunk], dtype=object)}
+
     return make
 
 
@@ -351,8 +375,9 @@ def test_examples_from_batches_calls_the_factory_every_pass():
 
 def test_examples_from_batches_feeds_the_pipeline():
     examples = _examples(6)
-    ds = pipeline.make_pipeline(pipeline.examples_from_batches(_batches_record_layout(examples, 4), K), _cfg(),
-                              training=False, batch_size=3)
+    ds = pipeline.make_pipeline(
+        pipeline.examples_from_batches(_batches_record_layout(examples, 4), K), _cfg(), training=False, batch_size=3
+    )
     shapes = [(x.shape, y.shape) for x, y in ds.as_numpy_iterator()]
     assert shapes == [((3, SIZE, SIZE, 3), (3, K))] * 2
 

@@ -49,13 +49,9 @@ def test_to_multi_hot_unknown_label_names_it_and_lists_known_ones():
 
 
 def test_from_multi_hot_round_trips_in_class_order():
-    assert from_multi_hot(np.array([1, 0, 1, 0, 1]), DEFAULT_CLASS_NAMES) == [
-        "desert", "sea", "trees"
-    ]
+    assert from_multi_hot(np.array([1, 0, 1, 0, 1]), DEFAULT_CLASS_NAMES) == ["desert", "sea", "trees"]
     names = ["trees", "desert"]
-    assert from_multi_hot(to_multi_hot(names, DEFAULT_CLASS_NAMES), DEFAULT_CLASS_NAMES) == [
-        "desert", "trees"
-    ]
+    assert from_multi_hot(to_multi_hot(names, DEFAULT_CLASS_NAMES), DEFAULT_CLASS_NAMES) == ["desert", "trees"]
     assert from_multi_hot([0, 0, 0], ABC) == []
 
 
@@ -139,9 +135,7 @@ def test_find_correlated_pairs_flags_identical_columns():
     y = _tied_sea_sunset()
     pairs = find_correlated_pairs(y, DEFAULT_CLASS_NAMES)
     both = int(y[:, 2].sum())
-    assert pairs == [
-        CorrelatedPair("sea", "sunset", 1.0, 1.0, both, 0, 0, pytest.approx(1.0))
-    ]
+    assert pairs == [CorrelatedPair("sea", "sunset", 1.0, 1.0, both, 0, 0, pytest.approx(1.0))]
 
 
 def test_find_correlated_pairs_needs_both_directions():

@@ -141,19 +141,22 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_checker_reports_forbidden_imports(tmp_path):
-    root = _tree(tmp_path, {
-        "training/__init__.py": "",
-        "training/loop.py": "def f():\n    import ray\n",  # nested, still counted
-        "data/__init__.py": "",
-        "data/shards.py": "from job.cli import main\nfrom pyarrow import fs\n",
-        "cli/__init__.py": "def main(): pass\n",
-        "telemetry.py": "import boto3\n",
-        "evaluation/__init__.py": "",
-        "evaluation/report.py": "from ..training import loop\nfrom job.cluster import driver\n",
-        "cluster/__init__.py": "",
-        "cluster/driver.py": "",
-        "misc.py": "",
-    })
+    root = _tree(
+        tmp_path,
+        {
+            "training/__init__.py": "",
+            "training/loop.py": "def f():\n    import ray\n",  # nested, still counted
+            "data/__init__.py": "",
+            "data/shards.py": "from job.cli import main\nfrom pyarrow import fs\n",
+            "cli/__init__.py": "def main(): pass\n",
+            "telemetry.py": "import boto3\n",
+            "evaluation/__init__.py": "",
+            "evaluation/report.py": "from ..training import loop\nfrom job.cluster import driver\n",
+            "cluster/__init__.py": "",
+            "cluster/driver.py": "",
+            "misc.py": "",
+        },
+    )
     found = "\n".join(violations(root))
     assert "job/training/loop.py:2: imports ray; only job/cluster/ may" in found
     assert "job/data/shards.py:1: imports job.cli (job/cli/) upward from job/data/" in found
@@ -166,13 +169,16 @@ def test_the_checker_reports_forbidden_imports(tmp_path):
 
 
 def test_the_checker_accepts_downward_and_same_wing_imports(tmp_path):
-    root = _tree(tmp_path, {
-        "errors.py": "",
-        "storage/__init__.py": "import boto3\nfrom job.errors import UserError\n",
-        "data/__init__.py": "",
-        "data/shards.py": "from job import storage\nimport pyarrow.parquet\nfrom pyarrow import parquet\n",
-        "data/pipeline.py": "from job.data import shards\nimport tensorflow\n",
-    })
+    root = _tree(
+        tmp_path,
+        {
+            "errors.py": "",
+            "storage/__init__.py": "import boto3\nfrom job.errors import UserError\n",
+            "data/__init__.py": "",
+            "data/shards.py": "from job import storage\nimport pyarrow.parquet\nfrom pyarrow import parquet\n",
+            "data/pipeline.py": "from job.data import shards\nimport tensorflow\n",
+        },
+    )
     assert violations(root) == []
 
 
@@ -196,8 +202,9 @@ def test_the_architecture_doc_lists_every_wing_with_the_wings_it_may_import():
         assert wing.folder in rows, f"docs/architecture.md has no row for {wing.folder}"
         allowed = {w.folder for w in WINGS if w.rank < wing.rank}
         named = set(re.findall(r"`([^`]+)`", rows[wing.folder]))
-        assert named == allowed, (f"docs/architecture.md says {wing.folder} may import {sorted(named)}; "
-                                  f"the rules say {sorted(allowed)}")
+        assert named == allowed, (
+            f"docs/architecture.md says {wing.folder} may import {sorted(named)}; the rules say {sorted(allowed)}"
+        )
 
 
 @pytest.mark.parametrize("wing", [w for w in WINGS if w.folder.endswith("/")], ids=lambda w: w.folder)

@@ -56,12 +56,23 @@ def test_sigmoid_values_and_stability():
 
 def test_bce_matches_hand_computation():
     # BCE = -(1/12) * sum over entries of [y log p + (1-y) log(1-p)]
-    by_hand = -(
-        math.log(0.9) + math.log(0.8) + math.log(0.9)      # sample 0: y=1,0,0
-        + math.log(0.6) + math.log(0.4) + math.log(0.3)    # sample 1: y=1,1,0
-        + math.log(0.7) + math.log(0.8) + math.log(0.8)    # sample 2: y=0,1,0
-        + math.log(0.8) + math.log(0.4) + math.log(0.95)   # sample 3: y=0,0,0
-    ) / 12
+    by_hand = (
+        -(
+            math.log(0.9)
+            + math.log(0.8)
+            + math.log(0.9)  # sample 0: y=1,0,0
+            + math.log(0.6)
+            + math.log(0.4)
+            + math.log(0.3)  # sample 1: y=1,1,0
+            + math.log(0.7)
+            + math.log(0.8)
+            + math.log(0.8)  # sample 2: y=0,1,0
+            + math.log(0.8)
+            + math.log(0.4)
+            + math.log(0.95)  # sample 3: y=0,0,0
+        )
+        / 12
+    )
     assert M.bce_from_logits(Y, LOGITS) == approx(by_hand)
 
 
@@ -101,20 +112,35 @@ def test_evaluate_predictions_by_hand():
     desert, sea, trees = (r["per_label"][n] for n in NAMES)
     # desert: y=[1,1,0,0], pred=[1,1,0,0]: tp=2 fp=0 fn=0 ; ranked 0.9+,0.6+,0.3-,0.2- -> AP 1
     assert desert == {
-        "support": 2, "precision": 1.0, "recall": 1.0, "f1": 1.0,
-        "average_precision": approx(1.0), "binary_accuracy": 1.0, "threshold": 0.5,
+        "support": 2,
+        "precision": 1.0,
+        "recall": 1.0,
+        "f1": 1.0,
+        "average_precision": approx(1.0),
+        "binary_accuracy": 1.0,
+        "threshold": 0.5,
     }
     # sea: y=[0,1,1,0], p=[.2,.4,.8,.6], pred=[0,0,1,1]: tp=1 fp=1 fn=1 -> P=R=F1=.5,
     # accuracy 2/4. ranked .8+ (P1,R.5), .6- , .4+ (P2/3,R1), .2- -> AP=.5+.5*2/3=5/6
     assert sea == {
-        "support": 2, "precision": 0.5, "recall": 0.5, "f1": 0.5,
-        "average_precision": approx(5 / 6), "binary_accuracy": 0.5, "threshold": 0.5,
+        "support": 2,
+        "precision": 0.5,
+        "recall": 0.5,
+        "f1": 0.5,
+        "average_precision": approx(5 / 6),
+        "binary_accuracy": 0.5,
+        "threshold": 0.5,
     }
     # trees: no positives, pred=[0,1,0,0]: tp=0 fp=1 -> P=0/1=0, R=0/0->0, F1 0/(0+1+0)=0,
     # accuracy 3/4, AP undefined -> None
     assert trees == {
-        "support": 0, "precision": 0.0, "recall": 0.0, "f1": 0.0,
-        "average_precision": None, "binary_accuracy": 0.75, "threshold": 0.5,
+        "support": 0,
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "average_precision": None,
+        "binary_accuracy": 0.75,
+        "threshold": 0.5,
     }
     # pooled: tp=3 fp=2 fn=1 -> micro F1 = 6/(6+2+1) = 2/3 ; 3 wrong of 12 entries
     assert r["micro_f1"] == approx(2 / 3)
@@ -139,8 +165,15 @@ def test_evaluate_predictions_is_plain_json():
     r = M.evaluate_predictions(Y, LOGITS, NAMES)
     json.dumps(r, allow_nan=False)  # no NaN, no numpy scalars
     assert set(r) == {
-        "loss", "binary_accuracy", "cosine_similarity", "micro_f1", "macro_f1",
-        "mean_average_precision", "hamming_loss", "subset_accuracy", "per_label",
+        "loss",
+        "binary_accuracy",
+        "cosine_similarity",
+        "micro_f1",
+        "macro_f1",
+        "mean_average_precision",
+        "hamming_loss",
+        "subset_accuracy",
+        "per_label",
     }
     assert type(r["per_label"]["sea"]["support"]) is int
     assert all(type(r[k]) is float for k in r if k != "per_label")
@@ -255,7 +288,10 @@ def _keras_results(y, logits):
 
 def test_keras_metric_names():
     assert [m.name for m in keras_metrics.training_metrics(3)] == [
-        "binary_accuracy", "cosine_similarity", "macro_f1", "mean_average_precision",
+        "binary_accuracy",
+        "cosine_similarity",
+        "macro_f1",
+        "mean_average_precision",
     ]
 
 

@@ -119,7 +119,9 @@ def test_missing_weights_path(tmp_path):
     assert path in str(err.value) and "weights=none" in str(err.value)
 
 
-@pytest.mark.parametrize("backbone, size, minimum", [("inception_v3", 74, 75), ("xception", 70, 71), ("resnet50", 31, 32)])
+@pytest.mark.parametrize(
+    "backbone, size, minimum", [("inception_v3", 74, 75), ("xception", 70, 71), ("resnet50", 31, 32)]
+)
 def test_too_small_image(backbone, size, minimum):
     with pytest.raises(UserError, match=f"at least {minimum} px"):
         M.check_model_options(backbone, "none", size)

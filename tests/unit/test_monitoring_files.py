@@ -29,6 +29,7 @@ SCHEMAS = ROOT.parent / "shared" / "schemas" / "prometheus-operator"
 
 # ---- helpers -----------------------------------------------------------------------------
 
+
 def documented_metrics() -> set[str]:
     """Metric names in the "Metric names" table of docs/architecture.md."""
     text = ARCHITECTURE.read_text()
@@ -44,9 +45,17 @@ def exported_samples() -> set[str]:
 
     worker = WorkerTelemetry("r", 0, port=None)
     worker.record_step(0.1, 8, 0.01)
-    worker.record_epoch(1, {"loss": 1.0, "val_loss": 1.0, "val_binary_accuracy": 0.5,
-                            "val_macro_f1": 0.5, "val_mean_average_precision": 0.5,
-                            "learning_rate": 0.1})
+    worker.record_epoch(
+        1,
+        {
+            "loss": 1.0,
+            "val_loss": 1.0,
+            "val_binary_accuracy": 0.5,
+            "val_macro_f1": 0.5,
+            "val_mean_average_precision": 0.5,
+            "learning_rate": 0.1,
+        },
+    )
     worker.record_checkpoint(1.0, ok=True)
     driver = DriverTelemetry("r", port=None)
     driver.set_state("running")
@@ -57,8 +66,21 @@ def exported_samples() -> set[str]:
     return names
 
 
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
-                   "unless", "bool", "offset", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -71,7 +93,7 @@ def promql_metric_names(expr: str) -> set[str]:
     names = set()
     for m in re.finditer(r"(?<![\w.])[A-Za-z_:][\w:]*", e):
         token = m.group(0)
-        if e[m.end():].lstrip().startswith("(") or token.lower() in PROMQL_KEYWORDS:
+        if e[m.end() :].lstrip().startswith("(") or token.lower() in PROMQL_KEYWORDS:
             continue  # a function or aggregation, or an operator
         names.add(token)
     return names
@@ -104,12 +126,15 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def test_promql_metric_names_parser():
     """Guards the dashboard/rule checks below: the parser must find names, and only names."""
-    expr = ('histogram_quantile(0.95, sum by (run, le) (rate(foo_bucket{run=~"$run", le!="x"}'
-            '[$__rate_interval]))) / on (run) group_left bar_total offset 10m > 1e-3 and baz')
+    expr = (
+        'histogram_quantile(0.95, sum by (run, le) (rate(foo_bucket{run=~"$run", le!="x"}'
+        "[$__rate_interval]))) / on (run) group_left bar_total offset 10m > 1e-3 and baz"
+    )
     assert promql_metric_names(expr) == {"foo_bucket", "bar_total", "baz"}
 
 
 # ---- alert rules ---------------------------------------------------------------------------
+
 
 def test_promtool_accepts_rules_file_and_prometheusrule_spec(tmp_path):
     promtool = require_tool("promtool")
@@ -131,9 +156,14 @@ def test_prometheusrule_groups_equal_the_plain_rules_file():
 def test_every_alert_tells_the_reader_what_to_do():
     rules = all_rules()
     assert {r["alert"] for r in rules} == {
-        "MultilabelTrainingNoProgress", "MultilabelWorkerMetricsMissing", "MultilabelLossNaN",
-        "MultilabelRunFailed", "MultilabelThroughputDropped", "MultilabelCheckpointFailures",
-        "MultilabelInputBound"}
+        "MultilabelTrainingNoProgress",
+        "MultilabelWorkerMetricsMissing",
+        "MultilabelLossNaN",
+        "MultilabelRunFailed",
+        "MultilabelThroughputDropped",
+        "MultilabelCheckpointFailures",
+        "MultilabelInputBound",
+    }
     for rule in rules:
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
         assert rule["annotations"]["summary"].strip(), rule["alert"]
@@ -177,7 +207,7 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path):
 
     running = lambda run, n: _series("multilabel_run_state", f"1x{n}", run=run, state="running")  # noqa: E731
     tests = [
-        {   # stuck: steps stop at minute 15 while running; a finished run stopping is fine.
+        {  # stuck: steps stop at minute 15 while running; a finished run stopping is fine.
             "interval": "1m",
             "input_series": [
                 running("stuck", 60),
@@ -194,7 +224,7 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path):
                 _alerts("31m", "MultilabelWorkerMetricsMissing"),
             ],
         },
-        {   # the driver says running, but no worker series ever arrives.
+        {  # the driver says running, but no worker series ever arrives.
             "interval": "1m",
             "input_series": [running("ghost", 30)],
             "alert_rule_test": [
@@ -203,7 +233,7 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path):
                 _alerts("20m", "MultilabelTrainingNoProgress"),
             ],
         },
-        {   # loss becomes NaN at minute 3; a failed run.
+        {  # loss becomes NaN at minute 3; a failed run.
             "interval": "1m",
             "input_series": [
                 _series("multilabel_train_loss", "0.5 0.4 0.3 NaN NaN", run="r", rank="0"),
@@ -214,11 +244,10 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path):
                 _alerts("2m", "MultilabelLossNaN"),
                 _alerts("3m", "MultilabelLossNaN", {"run": "r", "rank": "0", "severity": "critical"}),
                 _alerts("3m", "MultilabelRunFailed"),
-                _alerts("4m", "MultilabelRunFailed",
-                        {"run": "r", "state": "failed", "severity": "critical"}),
+                _alerts("4m", "MultilabelRunFailed", {"run": "r", "state": "failed", "severity": "critical"}),
             ],
         },
-        {   # rank 1 drops from 100 to 30 img/s at minute 70; rank 0 stays at 100.
+        {  # rank 1 drops from 100 to 30 img/s at minute 70; rank 0 stays at 100.
             "interval": "1m",
             "input_series": [
                 running("r", 100),
@@ -228,23 +257,21 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path):
             "alert_rule_test": [
                 _alerts("69m", "MultilabelThroughputDropped"),
                 _alerts("75m", "MultilabelThroughputDropped"),  # pending (for: 10m)
-                _alerts("85m", "MultilabelThroughputDropped",
-                        {"run": "r", "rank": "1", "severity": "warning"}),
+                _alerts("85m", "MultilabelThroughputDropped", {"run": "r", "rank": "1", "severity": "warning"}),
             ],
         },
-        {   # one checkpoint failure at minute 10: alerts for 15 minutes, then clears.
+        {  # one checkpoint failure at minute 10: alerts for 15 minutes, then clears.
             "interval": "1m",
             "input_series": [
                 _series("multilabel_checkpoint_failures_total", "0x10 1x30", run="r", rank="0"),
             ],
             "alert_rule_test": [
                 _alerts("9m", "MultilabelCheckpointFailures"),
-                _alerts("12m", "MultilabelCheckpointFailures",
-                        {"run": "r", "rank": "0", "severity": "warning"}),
+                _alerts("12m", "MultilabelCheckpointFailures", {"run": "r", "rank": "0", "severity": "warning"}),
                 _alerts("30m", "MultilabelCheckpointFailures"),
             ],
         },
-        {   # rank 0 waits for input half the time; rank 1 a tenth.
+        {  # rank 0 waits for input half the time; rank 1 a tenth.
             "interval": "1m",
             "input_series": [
                 running("r", 30),
@@ -258,27 +285,25 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path):
         },
     ]
     test_file = tmp_path / "rules_test.yml"
-    test_file.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m",
-                                         "tests": tests}))
+    test_file.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
     result = run([promtool, "test", "rules", str(test_file)])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_prometheus_configs_are_valid_and_load_the_rules():
     promtool = require_tool("promtool")
-    for name, target_host in (("prometheus.yml", "host.docker.internal"),
-                              ("prometheus-local.yml", "127.0.0.1")):
+    for name, target_host in (("prometheus.yml", "host.docker.internal"), ("prometheus-local.yml", "127.0.0.1")):
         path = ROOT / "monitoring" / name
         result = run([promtool, "check", "config", str(path)])
         assert result.returncode == 0, result.stdout + result.stderr
         assert "SUCCESS: 7 rules found" in result.stdout, result.stdout
         config = yaml.safe_load(path.read_text())
-        targets = {t for job in config["scrape_configs"] for sc in job["static_configs"]
-                   for t in sc["targets"]}
+        targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
         assert targets == {f"{target_host}:{port}" for port in (9400, 9401, 9402)}
 
 
 # ---- dashboard -----------------------------------------------------------------------------
+
 
 def test_dashboard_has_the_promised_panels_and_a_datasource_variable():
     dashboard = json.loads(DASHBOARD.read_text())
@@ -291,18 +316,25 @@ def test_dashboard_has_the_promised_panels_and_a_datasource_variable():
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
     exprs = " ".join(expr for _, expr in dashboard_exprs(dashboard))
-    for needle in ("multilabel_train_loss", "multilabel_val_loss", "multilabel_val_macro_f1",
-                   "multilabel_val_mean_average_precision", "multilabel_train_examples_per_second",
-                   "histogram_quantile(0.5, sum by (run, le) (rate(multilabel_train_step_seconds_bucket",
-                   "histogram_quantile(0.95, sum by (run, le) (rate(multilabel_train_step_seconds_bucket",
-                   "multilabel_input_stall_ratio", "multilabel_checkpoint_save_seconds",
-                   "multilabel_run_state"):
+    for needle in (
+        "multilabel_train_loss",
+        "multilabel_val_loss",
+        "multilabel_val_macro_f1",
+        "multilabel_val_mean_average_precision",
+        "multilabel_train_examples_per_second",
+        "histogram_quantile(0.5, sum by (run, le) (rate(multilabel_train_step_seconds_bucket",
+        "histogram_quantile(0.95, sum by (run, le) (rate(multilabel_train_step_seconds_bucket",
+        "multilabel_input_stall_ratio",
+        "multilabel_checkpoint_save_seconds",
+        "multilabel_run_state",
+    ):
         assert needle in exprs, needle
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
 
 
 # ---- Kubernetes resources ------------------------------------------------------------------
+
 
 def crd_schema(filename: str) -> dict:
     path = SCHEMAS / filename
@@ -318,8 +350,11 @@ def strict(schema: dict) -> dict:
 
     def walk(node):
         if isinstance(node, dict):
-            if ("properties" in node and "additionalProperties" not in node
-                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
                 node["additionalProperties"] = False
             for value in node.values():
                 walk(value)
@@ -331,10 +366,13 @@ def strict(schema: dict) -> dict:
     return schema
 
 
-@pytest.mark.parametrize("path,crd", [
-    (POD_MONITOR, "monitoring.coreos.com_podmonitors.yaml"),
-    (PROMETHEUS_RULE, "monitoring.coreos.com_prometheusrules.yaml"),
-])
+@pytest.mark.parametrize(
+    "path,crd",
+    [
+        (POD_MONITOR, "monitoring.coreos.com_podmonitors.yaml"),
+        (PROMETHEUS_RULE, "monitoring.coreos.com_prometheusrules.yaml"),
+    ],
+)
 def test_resources_validate_against_the_prometheus_operator_crds(path, crd):
     # No meta-schema check: the CRDs hold Go regexes (`^(?i)...`) that Python's re rejects.
     validator = jsonschema.Draft7Validator(crd_schema(crd))

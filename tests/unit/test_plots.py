@@ -56,8 +56,9 @@ def test_prediction_grid_with_few_images_and_no_predictions():
 
 
 def test_per_label_bars_size():
-    per_label = {n: {"precision": 0.8, "recall": 0.6, "f1": 0.69, "binary_accuracy": 0.9, "threshold": 0.5}
-                 for n in NAMES}
+    per_label = {
+        n: {"precision": 0.8, "recall": 0.6, "f1": 0.69, "binary_accuracy": 0.9, "threshold": 0.5} for n in NAMES
+    }
     tuned = {n: {**v, "recall": 0.8, "f1": 0.8, "threshold": 0.3} for n, v in per_label.items()}
     assert _open(plots.per_label_bars(per_label, tuned, NAMES, title="test")).size == (1600, 750)
 
@@ -70,14 +71,23 @@ def test_cooccurrence_heatmap_handles_a_label_that_never_occurs():
 
 
 def test_history_curves_with_and_without_data():
-    history = [{"epoch": e, "loss": 1 / e, "val_loss": 1.2 / e, "macro_f1": 0.1 * e, "val_macro_f1": 0.09 * e,
-                "learning_rate": 0.003 if e < 3 else 0.0015} for e in range(1, 6)]
+    history = [
+        {
+            "epoch": e,
+            "loss": 1 / e,
+            "val_loss": 1.2 / e,
+            "macro_f1": 0.1 * e,
+            "val_macro_f1": 0.09 * e,
+            "learning_rate": 0.003 if e < 3 else 0.0015,
+        }
+        for e in range(1, 6)
+    ]
     assert _open(plots.history_curves(history, best_epoch=4)).size == (1500, 480)
     assert _open(plots.history_curves([])).size == (1500, 480)
 
 
 def test_history_lr_axis_is_logarithmic_only_when_the_rate_spans_decades():
-    cut = [{"epoch": e, "loss": 1.0, "learning_rate": 10.0 ** -e} for e in range(1, 6)]
+    cut = [{"epoch": e, "loss": 1.0, "learning_rate": 10.0**-e} for e in range(1, 6)]
     steady = [{"epoch": e, "loss": 1.0, "learning_rate": 0.003 if e < 3 else 0.0015} for e in range(1, 6)]
     assert plots.history_figure(cut).axes[2].get_yscale() == "log"
     assert plots.history_figure(steady).axes[2].get_yscale() == "linear"

@@ -22,9 +22,33 @@ from job.errors import UserError
 from tests.cli import run_cli
 
 # (image, labels) rows; the labels cover every case: one, several, repeated, none.
-ROWS = [(f"img/{i:03d}.{'png' if i % 3 == 0 else 'jpg'}", labels) for i, labels in enumerate(
-    ["sea", "sea sunset", "trees", "sunset", "trees sea", "", "sea", "sunset sunset", "trees", "sea trees sunset",
-     "sea", "trees", "sunset", "sea sunset", "trees", "sea", "", "trees", "sunset", "sea"])]
+ROWS = [
+    (f"img/{i:03d}.{'png' if i % 3 == 0 else 'jpg'}", labels)
+    for i, labels in enumerate(
+        [
+            "sea",
+            "sea sunset",
+            "trees",
+            "sunset",
+            "trees sea",
+            "",
+            "sea",
+            "sunset sunset",
+            "trees",
+            "sea trees sunset",
+            "sea",
+            "trees",
+            "sunset",
+            "sea sunset",
+            "trees",
+            "sea",
+            "",
+            "trees",
+            "sunset",
+            "sea",
+        ]
+    )
+]
 
 
 def _write_image(path, index: int, size=(24, 16)) -> None:
@@ -173,11 +197,21 @@ def test_reencode_flattens_transparency_and_converts_other_formats(tmp_path):
     out = tmp_path / "ds"
     # TIFF cannot pass through (TensorFlow does not decode it) ...
     with pytest.raises(UserError, match=r"row 3 \(green.tiff\).*--reencode"):
-        prepare_dataset(str(images), str(tmp_path / "l.csv"), str(out),
-                        PrepareOptions(val_fraction=0.34, test_fraction=0.0), progress=False)
+        prepare_dataset(
+            str(images),
+            str(tmp_path / "l.csv"),
+            str(out),
+            PrepareOptions(val_fraction=0.34, test_fraction=0.0),
+            progress=False,
+        )
     # ... but re-encodes fine, and a transparent pixel becomes white, not black.
-    prepare_dataset(str(images), str(tmp_path / "l.csv"), str(out),
-                    PrepareOptions(val_fraction=0.34, test_fraction=0.0, reencode=True), progress=False)
+    prepare_dataset(
+        str(images),
+        str(tmp_path / "l.csv"),
+        str(out),
+        PrepareOptions(val_fraction=0.34, test_fraction=0.0, reencode=True),
+        progress=False,
+    )
     manifest = shards.load_manifest(str(out))
     found = {e.id: e.image for s in shards.SPLITS for _, e in shards.read_split(str(out), manifest, s)}
     clear = np.asarray(Image.open(io.BytesIO(found["clear.png"])).convert("RGB"))
@@ -192,7 +226,10 @@ def test_blank_lines_bom_extra_columns_and_quoted_fields(tmp_path):
         fh.write('id,labels,image\n1,"x y",a b.jpg\n\n2,y,"c.jpg"\n3,x,d.jpg\n')
     rows = read_rows(str(tmp_path / "l.csv"), str(images))
     assert [(r.number, r.image, r.labels) for r in rows] == [
-        (2, "a b.jpg", ("x", "y")), (4, "c.jpg", ("y",)), (5, "d.jpg", ("x",))]
+        (2, "a b.jpg", ("x", "y")),
+        (4, "c.jpg", ("y",)),
+        (5, "d.jpg", ("x",)),
+    ]
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -267,11 +304,14 @@ def test_repeated_image_is_a_bad_row(source):
         _prepare(source, "unused")
 
 
-@pytest.mark.parametrize("header, fragment", [
-    ("file,labels", "lacks column(s) image"),
-    ("image,tags", "lacks column(s) labels"),
-    ("path,tags", "lacks column(s) image, labels"),
-])
+@pytest.mark.parametrize(
+    "header, fragment",
+    [
+        ("file,labels", "lacks column(s) image"),
+        ("image,tags", "lacks column(s) labels"),
+        ("path,tags", "lacks column(s) image, labels"),
+    ],
+)
 def test_missing_columns_are_named(source, header, fragment):
     _, csv_path = source
     _write_csv(csv_path, ROWS, header=header)
@@ -298,14 +338,17 @@ def test_all_rows_bad_with_skip_is_still_an_error(source):
         _prepare(source, "unused", skip_bad_rows=True)
 
 
-@pytest.mark.parametrize("options, fragment", [
-    ({"num_shards": 0}, "--num-shards must be at least 1"),
-    ({"num_shards": 2, "target_shard_mb": 1.0}, "not both"),
-    ({"image_size": 64}, "only apply with --reencode"),
-    ({"reencode": True, "jpeg_quality": 100}, "--jpeg-quality must be in 1..95"),
-    ({"val_fraction": 0.6, "test_fraction": 0.5}, "must be below 1"),
-    ({"fmt": "csv"}, "--format"),
-])
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"num_shards": 0}, "--num-shards must be at least 1"),
+        ({"num_shards": 2, "target_shard_mb": 1.0}, "not both"),
+        ({"image_size": 64}, "only apply with --reencode"),
+        ({"reencode": True, "jpeg_quality": 100}, "--jpeg-quality must be in 1..95"),
+        ({"val_fraction": 0.6, "test_fraction": 0.5}, "must be below 1"),
+        ({"fmt": "csv"}, "--format"),
+    ],
+)
 def test_bad_options_are_user_errors(source, options, fragment):
     with pytest.raises(UserError, match=fragment):
         _prepare(source, "unused", **options)
@@ -329,8 +372,17 @@ def _cli(*args, timeout=120):
 def test_cli_bad_row_exits_1_with_row_number_and_no_traceback(source, tmp_path):
     images, csv_path = source
     _write_bad_rows(source)
-    proc = _cli("--images", images, "--labels", csv_path, "--out", str(tmp_path / "ds"), "--quiet",
-                "--classes", "sea,sunset,trees")
+    proc = _cli(
+        "--images",
+        images,
+        "--labels",
+        csv_path,
+        "--out",
+        str(tmp_path / "ds"),
+        "--quiet",
+        "--classes",
+        "sea,sunset,trees",
+    )
     assert proc.returncode == 1, proc.stderr
     assert "row 4" in proc.stderr and "row 7" in proc.stderr and "row 10" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -341,8 +393,22 @@ def test_cli_skip_bad_rows_prints_the_count(source, tmp_path):
     images, csv_path = source
     _write_bad_rows(source)
     out = tmp_path / "ds"
-    proc = _cli("--images", images, "--labels", csv_path, "--out", str(out), "--quiet", "--format", "parquet",
-                "--classes", "sea,sunset,trees", "--skip-bad-rows", "--seed", "3")
+    proc = _cli(
+        "--images",
+        images,
+        "--labels",
+        csv_path,
+        "--out",
+        str(out),
+        "--quiet",
+        "--format",
+        "parquet",
+        "--classes",
+        "sea,sunset,trees",
+        "--skip-bad-rows",
+        "--seed",
+        "3",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "wrote 17 images" in proc.stdout
     assert "skipped 3 bad row(s) of 20" in proc.stdout

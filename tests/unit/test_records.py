@@ -38,8 +38,9 @@ def _write_set(root: str, fmt: str, sizes=None, shard_counts=None) -> tuple[shar
     written, data = {}, {}
     for offset, split in enumerate(shards.SPLITS):
         data[split] = _examples(sizes[split], seed=offset, prefix=split)
-        written[split] = shards.write_split(root, split, iter(data[split]), sizes[split], shard_counts[split], fmt,
-                                             len(CLASSES))
+        written[split] = shards.write_split(
+            root, split, iter(data[split]), sizes[split], shard_counts[split], fmt, len(CLASSES)
+        )
     manifest = shards.Manifest(format=fmt, class_names=list(CLASSES), splits=written, source={"test": True})
     shards.write_manifest(root, manifest)
     return manifest, data
@@ -53,7 +54,7 @@ def _record_offsets(data: bytes) -> list[tuple[int, int]]:
     """(start of header, length of data) of each record, from the framing."""
     out, pos = [], 0
     while pos < len(data):
-        length = int.from_bytes(data[pos:pos + 8], "little")
+        length = int.from_bytes(data[pos : pos + 8], "little")
         out.append((pos, length))
         pos += 12 + length + 4
     return out
@@ -104,11 +105,19 @@ def test_read_labels_matches_written_labels(tmp_path):
 @pytest.mark.parametrize("fmt", shards.FORMATS)
 def test_shard_names_and_even_sizes(tmp_path, fmt):
     root = str(tmp_path / "ds")
-    manifest, _ = _write_set(root, fmt, sizes={"train": 10, "val": 4, "test": 3}, shard_counts={"train": 3, "val": 2, "test": 8})
+    manifest, _ = _write_set(
+        root, fmt, sizes={"train": 10, "val": 4, "test": 3}, shard_counts={"train": 3, "val": 2, "test": 8}
+    )
     assert sorted(os.listdir(os.path.join(root, "train"))) == [
-        f"part-00000-of-00003.{fmt}", f"part-00001-of-00003.{fmt}", f"part-00002-of-00003.{fmt}"]
+        f"part-00000-of-00003.{fmt}",
+        f"part-00001-of-00003.{fmt}",
+        f"part-00002-of-00003.{fmt}",
+    ]
     assert [s.num_examples for s in manifest.splits["train"]] == [4, 3, 3]
-    assert [s.path for s in manifest.splits["val"]] == [f"val/part-00000-of-00002.{fmt}", f"val/part-00001-of-00002.{fmt}"]
+    assert [s.path for s in manifest.splits["val"]] == [
+        f"val/part-00000-of-00002.{fmt}",
+        f"val/part-00001-of-00002.{fmt}",
+    ]
     assert [s.num_examples for s in manifest.splits["val"]] == [2, 2]
     # More shards than examples: capped, so no shard is empty.
     assert [s.num_examples for s in manifest.splits["test"]] == [1, 1, 1]
@@ -116,8 +125,10 @@ def test_shard_names_and_even_sizes(tmp_path, fmt):
     assert os.path.isfile(os.path.join(root, "dataset.json"))
 
 
-@pytest.mark.parametrize("total, num_shards, expected", [
-    (10, 3, [4, 3, 3]), (9, 3, [3, 3, 3]), (7, 4, [2, 2, 2, 1]), (5, 1, [5]), (2, 2, [1, 1])])
+@pytest.mark.parametrize(
+    "total, num_shards, expected",
+    [(10, 3, [4, 3, 3]), (9, 3, [3, 3, 3]), (7, 4, [2, 2, 2, 1]), (5, 1, [5]), (2, 2, [1, 1])],
+)
 def test_split_counts_are_even_and_larger_first(total, num_shards, expected):
     counts = shards.split_counts(total, num_shards)
     assert counts == expected
@@ -134,7 +145,7 @@ def test_manifest_sha256_and_size_match_the_files(tmp_path, fmt):
     _write_set(root, fmt)
     on_disk = json.loads((tmp_path / "ds" / "dataset.json").read_text())
     checked = 0
-    for split, body in on_disk["splits"].items():
+    for body in on_disk["splits"].values():
         for shard in body["shards"]:
             data = (tmp_path / "ds" / shard["path"]).read_bytes()
             assert shard["size_bytes"] == len(data)
@@ -219,13 +230,23 @@ def test_wrong_format_version_names_both_versions(tmp_path):
     assert "python -m job prepare" in message
 
 
-@pytest.mark.parametrize("obj, fragment", [
-    ({"format": "parquet", "class_names": [], "splits": {}}, "format_version"),  # missing key
-    ({"format_version": 1, "format": "csv", "class_names": [], "splits": {}}, "format 'csv'"),
-    ([1, 2, 3], "not a valid data set manifest"),
-    ({"format_version": 1, "format": "parquet", "class_names": ["a"],
-      "splits": {"train": {"shards": [{"path": "x", "bogus": 1}]}}}, "not a valid data set manifest"),
-])
+@pytest.mark.parametrize(
+    "obj, fragment",
+    [
+        ({"format": "parquet", "class_names": [], "splits": {}}, "format_version"),  # missing key
+        ({"format_version": 1, "format": "csv", "class_names": [], "splits": {}}, "format 'csv'"),
+        ([1, 2, 3], "not a valid data set manifest"),
+        (
+            {
+                "format_version": 1,
+                "format": "parquet",
+                "class_names": ["a"],
+                "splits": {"train": {"shards": [{"path": "x", "bogus": 1}]}},
+            },
+            "not a valid data set manifest",
+        ),
+    ],
+)
 def test_manifest_with_wrong_structure_is_a_dataset_error(tmp_path, obj, fragment):
     root = tmp_path / "ds"
     root.mkdir()
@@ -256,11 +277,14 @@ def test_split_tfrecord_of_an_empty_file_is_empty():
     assert shards.split_tfrecord(b"", "empty.tfrecord") == []
 
 
-@pytest.mark.parametrize("where_in_record, kind", [
-    (5, "incomplete header"),  # cut inside the 12-byte header of record 2
-    (12 + 30, "bytes announced"),  # cut inside record 2's data
-    (-2, "bytes announced"),  # cut inside record 2's trailing data CRC
-])
+@pytest.mark.parametrize(
+    "where_in_record, kind",
+    [
+        (5, "incomplete header"),  # cut inside the 12-byte header of record 2
+        (12 + 30, "bytes announced"),  # cut inside record 2's data
+        (-2, "bytes announced"),  # cut inside record 2's trailing data CRC
+    ],
+)
 def test_split_tfrecord_on_a_truncated_file_names_the_shard(where_in_record, kind):
     data = _tfrecord_bytes(4)
     start, length = _record_offsets(data)[2]
@@ -296,7 +320,7 @@ def test_read_shard_on_a_truncated_tfrecord_raises(where_in_record):
     data = _tfrecord_bytes(4)
     start, _ = _record_offsets(data)[2]
     with pytest.raises(DatasetError, match=r"part-00003-of-00004\.tfrecord.*record 2"):
-        list(shards.read_shard(data[:start + where_in_record], "tfrecord", "val/part-00003-of-00004.tfrecord"))
+        list(shards.read_shard(data[: start + where_in_record], "tfrecord", "val/part-00003-of-00004.tfrecord"))
 
 
 def test_read_shard_on_an_unreadable_parquet_file():
@@ -326,23 +350,29 @@ def test_assign_splits_allows_an_empty_test_split():
     assert len(assigned["test"]) == 0 and len(assigned["val"]) == 2 and len(assigned["train"]) == 8
 
 
-@pytest.mark.parametrize("val, test, fragment", [
-    (-0.1, 0.1, "--val-fraction must be in [0, 1)"),
-    (1.0, 0.0, "--val-fraction must be in [0, 1)"),
-    (0.1, 1.5, "--test-fraction must be in [0, 1)"),
-    (0.6, 0.4, "must be below 1"),
-])
+@pytest.mark.parametrize(
+    "val, test, fragment",
+    [
+        (-0.1, 0.1, "--val-fraction must be in [0, 1)"),
+        (1.0, 0.0, "--val-fraction must be in [0, 1)"),
+        (0.1, 1.5, "--test-fraction must be in [0, 1)"),
+        (0.6, 0.4, "must be below 1"),
+    ],
+)
 def test_assign_splits_rejects_bad_fractions(val, test, fragment):
     with pytest.raises(UserError) as info:
         splits.assign_splits(100, val, test, seed=0)
     assert fragment in str(info.value)
 
 
-@pytest.mark.parametrize("n, val, test, empty", [
-    (3, 0.1, 0.1, "'val'"),  # round(0.3) = 0 val examples
-    (2, 0.0, 0.0, "'val'"),
-    (4, 0.5, 0.4, "'train'"),  # 2 val + 2 test leave no train
-])
+@pytest.mark.parametrize(
+    "n, val, test, empty",
+    [
+        (3, 0.1, 0.1, "'val'"),  # round(0.3) = 0 val examples
+        (2, 0.0, 0.0, "'val'"),
+        (4, 0.5, 0.4, "'train'"),  # 2 val + 2 test leave no train
+    ],
+)
 def test_assign_splits_rejects_empty_splits(n, val, test, empty):
     with pytest.raises(UserError, match=f"leave the {empty} split empty"):
         splits.assign_splits(n, val, test, seed=0)

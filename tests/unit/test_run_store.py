@@ -65,8 +65,10 @@ def test_output_is_the_run_folder_and_run_name_only_names_it():
     cfg = load_config(None, [])
     assert resolve_run("s3://b/runs/exp", "trial", cfg) == ("s3://b/runs/exp", "trial")
     assert resolve_run("s3://b/runs/exp/", None, cfg) == ("s3://b/runs/exp", "exp")
-    assert resolve_run("/tmp/runs/local", None, load_config(None, ["run_name=nightly"])) == ("/tmp/runs/local",
-                                                                                            "nightly")
+    assert resolve_run("/tmp/runs/local", None, load_config(None, ["run_name=nightly"])) == (
+        "/tmp/runs/local",
+        "nightly",
+    )
 
 
 def test_an_output_with_no_folder_is_refused():

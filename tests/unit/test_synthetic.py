@@ -99,9 +99,7 @@ def test_pair_with_p1_always_cooccurs_and_analysis_flags_it():
     assert y[:, SEA].sum() > 500
     np.testing.assert_array_equal(y[:, SEA], y[:, SUNSET])
     [pair] = find_correlated_pairs(y, DEFAULT_CLASS_NAMES)
-    assert (pair.first, pair.second, pair.first_only, pair.second_only) == (
-        "sea", "sunset", 0, 0
-    )
+    assert (pair.first, pair.second, pair.first_only, pair.second_only) == ("sea", "sunset", 0, 0)
     assert "FLAG sea + sunset" in format_label_analysis(y, DEFAULT_CLASS_NAMES)
 
 

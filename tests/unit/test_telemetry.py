@@ -21,8 +21,12 @@ from job.telemetry import (
 from tests.prometheus_server import free_port, require_tool
 
 EPOCH_LOGS = {
-    "loss": 0.25, "val_loss": 0.5, "val_binary_accuracy": 0.9, "val_macro_f1": 0.75,
-    "val_mean_average_precision": 0.8, "learning_rate": 0.001,
+    "loss": 0.25,
+    "val_loss": 0.5,
+    "val_binary_accuracy": 0.9,
+    "val_macro_f1": 0.75,
+    "val_mean_average_precision": 0.8,
+    "learning_rate": 0.001,
 }
 
 
@@ -55,11 +59,11 @@ def busy_worker(run: str = "r1", rank: int = 0, steps: int = 10) -> WorkerTeleme
 
 def promtool_check(exposition: bytes) -> subprocess.CompletedProcess:
     promtool = require_tool("promtool")
-    return subprocess.run([promtool, "check", "metrics"], input=exposition,
-                          capture_output=True, timeout=30)
+    return subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30)
 
 
 # ---- ports -------------------------------------------------------------------------------
+
 
 def test_worker_port_is_base_plus_local_rank():
     assert worker_port(9401, 0) == 9401
@@ -69,6 +73,7 @@ def test_worker_port_is_base_plus_local_rank():
 
 
 # ---- values ------------------------------------------------------------------------------
+
 
 def test_steps_examples_and_wait_are_counted_per_run_and_rank():
     w = busy_worker(run="exp-7", rank=1, steps=10)
@@ -112,8 +117,12 @@ def test_gauges_are_not_exported_before_their_first_value():
     names = {k[0] for k in samples(w.exposition())}
     assert "multilabel_train_steps_total" in names  # counters start at 0 so increase() sees step 1
     assert "multilabel_checkpoint_failures_total" in names
-    for gauge in ("multilabel_train_loss", "multilabel_train_examples_per_second",
-                  "multilabel_input_stall_ratio", "multilabel_epoch"):
+    for gauge in (
+        "multilabel_train_loss",
+        "multilabel_train_examples_per_second",
+        "multilabel_input_stall_ratio",
+        "multilabel_epoch",
+    ):
         assert gauge not in names
 
 
@@ -164,8 +173,11 @@ def test_bucket_ranges_cover_documented_spans():
 def test_driver_run_state_has_exactly_one_current_state():
     d = DriverTelemetry("exp-7", port=None)
     text = d.exposition()
-    assert [value(text, "multilabel_run_state", run="exp-7", state=s)
-            for s in ("running", "succeeded", "failed")] == [0, 0, 0]
+    assert [value(text, "multilabel_run_state", run="exp-7", state=s) for s in ("running", "succeeded", "failed")] == [
+        0,
+        0,
+        0,
+    ]
     d.set_state("running")
     d.set_state("failed")
     text = d.exposition()
@@ -196,6 +208,7 @@ def test_driver_and_workers_share_a_process_without_clashing():
 
 # ---- lint and cardinality ------------------------------------------------------------------
 
+
 def test_promtool_accepts_worker_and_driver_exposition_without_warnings():
     worker = busy_worker()
     driver = DriverTelemetry("r1", port=None)
@@ -205,7 +218,8 @@ def test_promtool_accepts_worker_and_driver_exposition_without_warnings():
         result = promtool_check(text)
         assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
         assert result.stdout.strip() == b"" and result.stderr.strip() == b"", (
-            result.stdout.decode() + result.stderr.decode())
+            result.stdout.decode() + result.stderr.decode()
+        )
 
 
 def test_promtool_flags_a_bad_exposition():
@@ -231,6 +245,7 @@ def test_series_count_does_not_grow_with_steps():
 
 # ---- HTTP server ---------------------------------------------------------------------------
 
+
 def test_worker_serves_metrics_over_http_and_frees_the_port_on_close():
     port = free_port()
     w = WorkerTelemetry("r", 0, port=port)
@@ -255,8 +270,9 @@ def test_taken_port_logs_a_warning_and_training_continues(caplog):
         with caplog.at_level(logging.WARNING, logger="job.telemetry"):
             second = WorkerTelemetry("r", 0, port=port)
         assert second.port is None
-        assert any(str(port) in rec.getMessage() and "continues" in rec.getMessage()
-                   for rec in caplog.records), caplog.text
+        assert any(str(port) in rec.getMessage() and "continues" in rec.getMessage() for rec in caplog.records), (
+            caplog.text
+        )
         second.record_step(0.1, 8, 0.0)  # still records
         assert value(second.exposition(), "multilabel_train_steps_total", run="r", rank="0") == 1
         second.close()

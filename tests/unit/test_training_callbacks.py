@@ -71,7 +71,8 @@ def test_failure_description_names_the_rank_the_cause_and_the_fix():
         "[Rank 1 Error Snippet]:\n"
         "(RayTrainWorker pid=123) world_rank=1 local_rank=1\n"
         "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task. Some common causes "
-        "include: (1) the process was killed by the OOM killer")
+        "include: (1) the process was killed by the OOM killer"
+    )
     text = describe_failure(error, max_failures=1)
     assert "worker rank 1 failed" in text
     assert "ActorDiedError: The actor died unexpectedly before finishing this task." in text
