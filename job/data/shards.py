@@ -9,6 +9,9 @@ Each example is (id: str, image: encoded bytes, labels: multi-hot of len(class_n
 TFRecord shards hold `tf.train.Example` with features `image` (bytes), `labels` (int64 list)
 and `id` (bytes); Parquet shards hold columns `image` (binary), `labels` (list<int64>) and
 `id` (string). The manifest is written last, so a reader never sees a half-written set.
+
+TensorFlow and pyarrow are imported inside the functions that need them: `validate`,
+`analyze` and Ray Data's read tasks use this module and must not pay for TensorFlow.
 """
 
 from __future__ import annotations
@@ -371,9 +374,8 @@ def parquet_table(data: bytes, columns: Sequence[str] | None = None):
     """A whole Parquet shard's bytes as a pyarrow Table, read on the calling thread.
 
     Shards are small and already in memory, so Arrow's CPU and I/O thread pools buy nothing;
-    and a pool thread still alive at interpreter exit makes the process abort with
-    "terminate called without an active exception" (apache/arrow#34314), which turned a clean
-    `validate` exit 1 into a SIGABRT in 3 of 84 runs here (0 of 156 with this reader).
+    and a pool thread still alive at interpreter exit aborts the process ("terminate called
+    without an active exception", apache/arrow#34314) instead of letting it exit cleanly.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+import tensorflow as tf
 
 from job import storage
 from job.data.pipeline import decode_image
@@ -56,8 +57,6 @@ def check_image(data: bytes, where: str) -> None:
         data: the file's bytes.
         where: the path shown in the message.
     """
-    import tensorflow as tf
-
     if not data:
         raise UserError(f"{where} is empty (0 bytes); pass a JPEG, PNG, GIF or BMP image.")
     try:
@@ -103,8 +102,6 @@ def build_serving_module(model, class_names: list[str], thresholds, image_size: 
     Returns:
         The module; save it with `tf.saved_model.save(module, dir, signatures=module.signatures())`.
     """
-    import tensorflow as tf
-
     thresholds = np.asarray(thresholds, dtype=np.float32)
     if thresholds.shape != (len(class_names),):
         raise UserError(f"{thresholds.size} thresholds for {len(class_names)} labels ({', '.join(class_names)}).")
@@ -176,8 +173,6 @@ def export_run(run_uri: str, out_uri: str) -> ExportInfo:
     Raises:
         UserError: not a run, no intact checkpoint, a bad thresholds.json, a non-empty target.
     """
-    import tensorflow as tf
-
     run_uri, out_uri = run_uri.rstrip("/"), out_uri.rstrip("/")
     _check_target(out_uri)
     saved = RunStore(run_uri).read_config()
@@ -280,8 +275,6 @@ class SavedModelPredictor(Predictor):
     """An exported SavedModel, through its serving_default signature (bytes in)."""
 
     def __init__(self, uri: str):
-        import tensorflow as tf
-
         self._work = None
         local = uri
         if storage.is_s3(uri):
@@ -306,8 +299,6 @@ class SavedModelPredictor(Predictor):
         self.source = f"SavedModel {uri}"
 
     def _probabilities(self, images: list[bytes]) -> np.ndarray:
-        import tensorflow as tf
-
         out = self._loaded.signatures["serving_default"](images=tf.constant(images, dtype=tf.string))
         return out["probabilities"].numpy()
 
@@ -328,8 +319,6 @@ class RunPredictor(Predictor):
         self.source = f"run {uri} ({restored.uri})"
 
     def _probabilities(self, images: list[bytes]) -> np.ndarray:
-        import tensorflow as tf
-
         pixels = tf.stack([decode_image(tf.constant(b), self.image_size) for b in images])
         return tf.sigmoid(tf.cast(self.model(pixels, training=False), tf.float32)).numpy()
 

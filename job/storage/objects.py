@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -356,7 +357,6 @@ def copy_file(source: str, target: str) -> None:
 
 def sha256_file(path: str) -> str:
     """sha256 hex digest of a local file, read in 1 MiB blocks (bounded memory)."""
-    import hashlib
 
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
