@@ -10,13 +10,21 @@ import argparse
 import time
 
 from job.data.splits import write_synthetic
-from job.data.synthetic import SceneSpec, parse_pair
+from job.data.synthetic import FAMILIES, SceneSpec, parse_pair
 
 HELP = "Generate a synthetic multi-label data set (local path or s3://)."
 
 
 def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True, help="Data set root: a local folder or s3://bucket/prefix.")
+    s.add_argument(
+        "--kind",
+        choices=tuple(FAMILIES),
+        default="scenes",
+        help="scenes: landscapes whose labels (desert mountains sea sunset trees) span the picture; "
+        "objects: 1-3 shapes (circle square triangle cross star ring diamond hexagon arrow crescent) "
+        "at random places on clutter, like objects in photos. Default scenes.",
+    )
     s.add_argument("--num-images", type=int, default=2000, help="Images in all splits together (default 2000).")
     s.add_argument("--image-size", type=int, default=64, help="Image width and height in pixels (default 64).")
     s.add_argument("--format", choices=("tfrecord", "parquet"), default="tfrecord", help="Shard format.")
@@ -38,13 +46,14 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="P",
-        help="Probability of each label (desert mountains sea sunset trees), default 0.35 each.",
+        help="Probability of each label, in the family's label order (default 0.35 each for scenes, "
+        "0.15 each for objects).",
     )
     s.add_argument("--quiet", action="store_true", help="No progress bar.")
 
 
 def run(args: argparse.Namespace) -> int:
-    spec_kwargs = {"image_size": args.image_size, "pairs": tuple(parse_pair(p) for p in args.pair)}
+    spec_kwargs = {"kind": args.kind, "image_size": args.image_size, "pairs": tuple(parse_pair(p) for p in args.pair)}
     if args.label_probability is not None:
         spec_kwargs["label_probability"] = tuple(args.label_probability)
     spec = SceneSpec(**spec_kwargs)

@@ -133,6 +133,7 @@ def write_synthetic(
 
     source = {
         "synthetic": {
+            "kind": spec.kind,
             "num_images": num_images,
             "seed": seed,
             "image_size": spec.image_size,

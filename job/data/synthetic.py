@@ -1,12 +1,13 @@
-"""Procedurally drawn multi-label landscape scenes: desert, mountains, sea, sunset, trees.
+"""Synthetic multi-label data sets, in two families: landscape scenes (desert, mountains, sea,
+sunset, trees; `scenes.py`) and shapes on clutter (`objects.py`).
 
 Why: the demo, the tests and the benchmarks need a data set that anyone can make offline in
 seconds, that a small CNN learns at 64 px on a CPU, and whose label correlations we control
 (`SceneSpec.pairs`), so the "sea and sunset always together" question from the user's story
 can be reproduced on purpose.
 
-Each label has its own visible signature and labels combine in one picture (`scenes.py`
-draws them).
+In the scenes each label has its own visible signature spread over the picture; in the
+objects family a label is a small shape anywhere in the image, as in real photos.
 
 Positions, sizes and colours are jittered and a little noise is added, so the task is not
 trivial. numpy and PIL only: no TensorFlow here.
@@ -15,13 +16,14 @@ trivial. numpy and PIL only: no TensorFlow here.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from job.data.labels import DEFAULT_CLASS_NAMES
+from job.data.objects import OBJECT_CLASS_NAMES, draw_objects
 from job.data.scenes import draw_scene
 from job.errors import UserError
 
@@ -29,31 +31,65 @@ MIN_IMAGE_SIZE = 16
 MAX_IMAGE_SIZE = 1024
 
 
+@dataclass(frozen=True)
+class Family:
+    """A kind of synthetic image: its labels, their default probability, and its painter."""
+
+    class_names: tuple[str, ...]
+    label_probability: float
+    max_labels: int  # 0: no cap
+    draw: Callable[..., np.ndarray]
+
+
+FAMILIES = {
+    "scenes": Family(DEFAULT_CLASS_NAMES, 0.35, 0, draw_scene),
+    # 10 shapes at 0.15 each: 1.5 per image on average, 1 to 3 after min/max.
+    "objects": Family(OBJECT_CLASS_NAMES, 0.15, 3, draw_objects),
+}
+
+
 # --------------------------------------------------------------------------- spec
 
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """What to generate: which labels, how often, and which pairs are tied together."""
+    """What to generate: which family, which labels, how often, and which pairs are tied together."""
 
-    class_names: tuple[str, ...] = DEFAULT_CLASS_NAMES
-    """Labels, in multi-hot column order; any non-empty subset of the five drawable ones."""
+    kind: str = "scenes"
+    """The family: "scenes" (landscapes; label evidence spans the picture) or "objects" (shapes
+    at random places on clutter; label evidence is local, as in photos)."""
+    class_names: tuple[str, ...] | None = None
+    """Labels, in multi-hot column order; any non-empty subset of the family's drawable ones
+    (default: all of them)."""
     image_size: int = 64
     """Height and width of each square image, in pixels (16..1024)."""
-    label_probability: tuple[float, ...] = (0.35, 0.35, 0.35, 0.35, 0.35)
-    """Per class, the probability it is drawn (independently, before min_labels/pairs add)."""
+    label_probability: tuple[float, ...] | None = None
+    """Per class, the probability it is drawn (independently, before min_labels/pairs add);
+    default: the family's (0.35 each for scenes, 0.15 each for objects)."""
     pairs: tuple[tuple[str, str, float], ...] = ()
     """(a, b, p): when one of a/b is present the other is forced present with probability p;
     p=1.0 means the two labels always co-occur (never apart)."""
     min_labels: int = 1
     """Images with fewer labels get extra ones, drawn in proportion to label_probability."""
+    max_labels: int | None = None
+    """Images with more labels lose random ones (never a tied pair's); default: no cap for
+    scenes, 3 for objects."""
 
     def __post_init__(self) -> None:
+        if self.kind not in FAMILIES:
+            raise UserError(f"kind must be one of {', '.join(FAMILIES)}, got {self.kind!r}.")
+        family = FAMILIES[self.kind]
+        names = tuple(self.class_names) if self.class_names is not None else family.class_names
+        object.__setattr__(self, "class_names", names)
+        if self.label_probability is None:
+            object.__setattr__(self, "label_probability", (family.label_probability,) * len(names))
+        if self.max_labels is None:
+            object.__setattr__(self, "max_labels", family.max_labels)
         self.validate()
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field and saying what is allowed."""
-        _validate_class_names(self.class_names)
+        _validate_class_names(self.class_names, self.kind)
         if not isinstance(self.image_size, (int, np.integer)) or not (
             MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE
         ):
@@ -69,15 +105,18 @@ class SceneSpec:
                 f"min_labels must be in 0..{drawable} (the number of labels with "
                 f"label_probability > 0), got {self.min_labels}."
             )
+        if self.max_labels and self.max_labels < self.min_labels:
+            raise UserError(f"max_labels ({self.max_labels}) must be at least min_labels ({self.min_labels}).")
 
 
-def _validate_class_names(class_names: Sequence[str]) -> None:
-    """Only the five labels we know how to draw are allowed, each once."""
-    unknown = [c for c in class_names if c not in DEFAULT_CLASS_NAMES]
+def _validate_class_names(class_names: Sequence[str], kind: str) -> None:
+    """Only the labels the family can draw are allowed, each once."""
+    drawable = FAMILIES[kind].class_names
+    unknown = [c for c in class_names if c not in drawable]
     if not class_names or unknown or len(set(class_names)) != len(class_names):
         raise UserError(
-            f"class_names must be distinct names from {', '.join(DEFAULT_CLASS_NAMES)} "
-            f"(the labels the generator can draw), got {list(class_names)}."
+            f"class_names must be distinct names from {', '.join(drawable)} "
+            f"(the labels the {kind} generator can draw), got {list(class_names)}."
         )
 
 
@@ -127,7 +166,7 @@ def parse_pair(text: str) -> tuple[str, str, float]:
     except ValueError:
         raise UserError(f"bad pair {text!r}: {p_text!r} is not a number; {hint}.") from None
     pair = (a, b, p)
-    _validate_pair(pair, DEFAULT_CLASS_NAMES)
+    _validate_pair(pair, [name for family in FAMILIES.values() for name in family.class_names])
     return pair
 
 
@@ -153,7 +192,22 @@ def sample_labels(num_images: int, spec: SceneSpec, rng: np.random.Generator) ->
     y = rng.random((num_images, len(probs))) < probs
     y = _fill_min_labels(y, probs, spec.min_labels, rng)
     y = _tie_pairs(y, spec, rng)
+    y = _cap_labels(y, spec, rng)
     return y.astype(np.uint8)
+
+
+def _cap_labels(y: np.ndarray, spec: SceneSpec, rng: np.random.Generator) -> np.ndarray:
+    """Drop random labels from rows above `max_labels`, keeping tied pairs' labels."""
+    if not spec.max_labels:
+        return y
+    tied = {name for a, b, _ in spec.pairs for name in (a, b)}
+    protected = np.array([name in tied for name in spec.class_names])
+    y = y.copy()
+    for row in np.nonzero(y.sum(axis=1) > spec.max_labels)[0]:
+        droppable = np.flatnonzero(y[row] & ~protected)
+        excess = int(y[row].sum()) - spec.max_labels
+        y[row, rng.permutation(droppable)[:excess]] = False
+    return y
 
 
 def _fill_min_labels(y: np.ndarray, probs: np.ndarray, min_labels: int, rng: np.random.Generator) -> np.ndarray:
@@ -234,5 +288,5 @@ def generate(num_images: int, spec: SceneSpec, seed: int, *, start: int = 0) -> 
     for i in range(start, start + num_images):
         rng = np.random.default_rng([seed, i])
         labels = sample_labels(1, spec, rng)[0]
-        image = draw_scene(labels, spec.image_size, rng, spec.class_names)
+        image = FAMILIES[spec.kind].draw(labels, spec.image_size, rng, spec.class_names)
         yield f"synth-{i:06d}", encode_jpeg(image), labels

@@ -11,6 +11,7 @@ from job.data.labels import (
     find_correlated_pairs,
     format_label_analysis,
 )
+from job.data.objects import OBJECT_CLASS_NAMES, draw_objects
 from job.data.scenes import draw_scene
 from job.data.synthetic import (
     SceneSpec,
@@ -220,3 +221,41 @@ def test_each_label_has_a_visible_signature(random_scenes, label, statistic):
     # Nearly all images with the label score above nearly all images without it, whatever
     # other labels share the picture.
     assert np.quantile(on, 0.02) > np.quantile(off, 0.98), (label, on.min(), off.max())
+
+
+# --------------------------------------------------------------------------- the objects family
+
+
+def test_objects_family_has_one_to_three_shapes_per_image_and_is_deterministic():
+    spec = SceneSpec(kind="objects", image_size=32)
+    y = sample_labels(2000, spec, np.random.default_rng(1))
+    assert y.shape == (2000, len(OBJECT_CLASS_NAMES))
+    assert set(np.unique(y.sum(axis=1))) == {1, 2, 3}
+    assert (y.mean(axis=0) > 0.1).all()  # every shape is common enough to learn
+    first = list(generate(4, spec, seed=5))
+    again = list(generate(4, spec, seed=5))
+    assert [(i, b, tuple(y)) for i, b, y in first] == [(i, b, tuple(y)) for i, b, y in again]
+
+
+def test_a_shape_is_local_evidence_and_each_shape_looks_different():
+    def draw(name):
+        labels = np.array([n == name for n in OBJECT_CLASS_NAMES])
+        return draw_objects(labels, 64, np.random.default_rng(7)).astype(int)
+
+    background = draw_objects(np.zeros(len(OBJECT_CLASS_NAMES)), 64, np.random.default_rng(7)).astype(int)
+    drawn = {name: draw(name) for name in OBJECT_CLASS_NAMES}
+    for name, image in drawn.items():
+        changed = (np.abs(image - background).sum(axis=-1) > 60).mean()
+        # The shape covers a part of the image (about a quarter of its side), not all of it.
+        assert 0.005 < changed < 0.2, f"{name} changes {changed:.1%} of the pixels"
+    names = list(drawn)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert np.abs(drawn[a] - drawn[b]).sum(axis=-1).max() > 100, f"{a} and {b} look the same"
+
+
+def test_objects_family_refuses_scene_labels_and_unknown_kinds():
+    with pytest.raises(UserError, match="labels the objects generator can draw"):
+        SceneSpec(kind="objects", class_names=("sea", "circle"))
+    with pytest.raises(UserError, match="kind must be one of scenes, objects"):
+        SceneSpec(kind="faces")
