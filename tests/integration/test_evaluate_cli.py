@@ -18,26 +18,14 @@ from PIL import Image
 
 from job import storage
 from tests.cli import assert_clean_error, run_cli
+from tests.contracts import METRICS_SPLIT_KEYS, PER_LABEL_KEYS, SPLITS
 from tests.trained_run import shared_run
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SPLITS = ("train", "val", "test")
-SPLIT_KEYS = {
-    "loss",
-    "binary_accuracy",
-    "cosine_similarity",
-    "micro_f1",
-    "macro_f1",
-    "mean_average_precision",
-    "hamming_loss",
-    "subset_accuracy",
-    "per_label",
-    "tuned",
-    "num_examples",
-}
-LABEL_KEYS = {"support", "precision", "recall", "f1", "average_precision", "binary_accuracy", "threshold"}
+SPLIT_KEYS = METRICS_SPLIT_KEYS | {"tuned", "num_examples"}
+LABEL_KEYS = PER_LABEL_KEYS
 PNG_SIZES = {
     "predictions.png": (1320, 1370),
     "per_label.png": (1600, 750),

@@ -21,6 +21,7 @@ from job import storage
 from job.storage.run_store import checkpoint_dir_name
 from job.training import checkpoints
 from tests.cli import assert_clean_error, kill_group, run_cli, start_cli
+from tests.contracts import METRICS_SPLIT_KEYS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,17 +40,7 @@ FAST = [
     "training.reduce_lr_patience_epochs=0",
 ]
 RUN_TIMEOUT = 420
-CONTRACT_KEYS = {
-    "loss",
-    "binary_accuracy",
-    "cosine_similarity",
-    "micro_f1",
-    "macro_f1",
-    "mean_average_precision",
-    "hamming_loss",
-    "subset_accuracy",
-    "per_label",
-}
+CONTRACT_KEYS = METRICS_SPLIT_KEYS
 
 
 @pytest.fixture(scope="module")
