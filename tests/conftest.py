@@ -1,4 +1,8 @@
-"""Shared pytest setup: quiet frameworks, the embedded S3 server fixtures, CLI runner."""
+"""Shared pytest setup: quiet frameworks and the embedded S3 server fixtures.
+
+The harness every test uses (the CLI runner, the clean-error check, and `require`, the one
+skip-or-fail policy for missing prerequisites) is tests/cli.py; import it as ``tests.cli``.
+"""
 
 from __future__ import annotations
 

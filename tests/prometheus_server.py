@@ -2,20 +2,20 @@
 
 Reusable by any test (telemetry scrape, a real 2-worker Ray run)::
 
-    from tests.prometheus_server import PrometheusServer, require_tool
+    from tests.prometheus_server import PrometheusServer
     with PrometheusServer.start(tmp_path, {"workers": ["127.0.0.1:9401"]}) as prom:
         prom.wait_for("multilabel_train_steps_total", lambda r: len(r) == 2, timeout_seconds=30)
 
 Import it as ``tests.prometheus_server`` (pyproject puts the repository root on the path).
 
 Tools come from Debian's ``prometheus`` package. When they are missing the tests skip, unless
-``CI=true``: there ``.ci/run`` installs them, so a missing tool is a broken CI image and fails.
+``CI=true``: there ``.ci/run`` installs them, so a missing tool is a broken CI image and fails
+(``tests.cli.require_tool``, the one skip-or-fail policy).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -29,22 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cli import require
-
-INSTALL_HINTS = {
-    "prometheus": "Debian: `apt-get install -y prometheus`, which also brings promtool; .ci/run does this",
-    "promtool": "Debian: `apt-get install -y prometheus`, which brings promtool; .ci/run does this",
-    "kubectl": "kubectl 1.32+ is on the dev/CI image; `kubectl kustomize` works offline",
-}
-
-
-def require_tool(name: str) -> str:
-    """Return the path of executable ``name``; skip the test if absent (fail under CI)."""
-    path = shutil.which(name)
-    if path:
-        return path
-    require(False, f"`{name}` is not installed ({INSTALL_HINTS.get(name, 'install it')})")
-    raise AssertionError("unreachable")  # for type checkers
+from tests.cli import require_tool
 
 
 def free_port() -> int:

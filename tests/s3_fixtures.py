@@ -1,7 +1,8 @@
 """Pytest fixtures for the embedded S3 server (a real HTTP S3 API on 127.0.0.1).
 
-Import them from ``tests/conftest.py`` (``from tests.s3_fixtures import s3_server, bucket``)
-or load this module with ``-p tests.s3_fixtures``.
+``tests/conftest.py`` imports them (``from tests.s3_fixtures import s3_server, bucket``), so
+every test has them; that is the one way in (loading this module a second way, e.g. as a
+``-p`` plugin, would register the fixtures twice).
 """
 
 from __future__ import annotations

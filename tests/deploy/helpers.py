@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.cli import require
+from tests.cli import require_tool, run_command
 
 REPO = Path(__file__).resolve().parents[2]
 # CI clones the repo into a folder with shared/ beside it; the CRD schemas live there.
@@ -23,13 +21,7 @@ def target_dir(name: str) -> Path:
 
 def render(name: str) -> str:
     """`kubectl kustomize` of k8s/base or k8s/overlays/NAME, as YAML text."""
-    require(shutil.which("kubectl"), "kubectl is not installed: run scripts/install_deploy_tools.sh (it explains how)")
-    proc = subprocess.run(
-        ["kubectl", "kustomize", str(target_dir(name))],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_command([require_tool("kubectl"), "kustomize", str(target_dir(name))], timeout=120)
     assert proc.returncode == 0, f"kubectl kustomize {target_dir(name)} failed:\n{proc.stderr}"
     return proc.stdout
 

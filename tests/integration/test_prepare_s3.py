@@ -12,7 +12,7 @@ from PIL import Image
 
 from job import storage
 from job.data import shards
-from tests.cli import run_cli
+from tests.cli import assert_clean_error, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,4 @@ def test_prepare_to_missing_bucket_fails_before_checking_images(source, s3_serve
     proc = run_cli(
         "prepare", "--images", images, "--labels", csv_path, "--out", "s3://no-such-bucket-xyz/ds", "--quiet"
     )
-    assert proc.returncode == 1
-    assert "bucket 'no-such-bucket-xyz' does not exist" in proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
+    assert_clean_error(proc, "bucket 'no-such-bucket-xyz' does not exist")

@@ -8,8 +8,12 @@ minute on 2 cores.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -20,7 +24,7 @@ import pytest
 from job import storage
 from job.storage.run_store import checkpoint_dir_name
 from job.training import checkpoints
-from tests.cli import assert_clean_error, kill_group, run_cli, start_cli
+from tests.cli import REPO, assert_clean_error, kill_group, run_cli, run_command, start_cli
 from tests.contracts import METRICS_SPLIT_KEYS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -220,18 +224,11 @@ def test_data_that_cannot_feed_the_workers_fails_before_training(data_bucket):
 
 def test_ray_job_submit_runs_on_a_started_cluster(data_bucket, tfrecord_data, tmp_path):
     """`ray start --head` + `ray job submit` with the README's entrypoint."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.cli import REPO
-
     ray_bin = str(Path(sys.executable).with_name("ray"))
     if not shutil.which(ray_bin):
         pytest.fail("the ray CLI is missing from the environment")
     # `python` in the entrypoint must be this environment's interpreter, as in an activated venv.
     env = {
-        **os.environ,
         "RAY_AUTH_MODE": "token",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
@@ -240,26 +237,24 @@ def test_ray_job_submit_runs_on_a_started_cluster(data_bucket, tfrecord_data, tm
     # Its own temp folder marks this cluster's processes, so the test stops only those
     # (`ray stop --force` would stop every Ray on the machine). Short: it holds unix sockets.
     temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
-    subprocess.run(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            f"--port={gcs_port}",
-            "--num-cpus=4",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash_port}",
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-        ],
-        env=env,
-        check=True,
-        timeout=180,
-        capture_output=True,
-        text=True,
-    )
     try:
+        run_command(
+            [
+                ray_bin,
+                "start",
+                "--head",
+                f"--port={gcs_port}",
+                "--num-cpus=4",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash_port}",
+                "--disable-usage-stats",
+                f"--temp-dir={temp_dir}",
+            ],
+            env=env,
+            check=True,
+            timeout=180,
+        )
         run = f"s3://{data_bucket}/runs/submitted"
         runtime_env = {
             "env_vars": {
@@ -296,7 +291,7 @@ def test_ray_job_submit_runs_on_a_started_cluster(data_bucket, tfrecord_data, tm
         # the submission is refused (not queued) until it has.
         deadline = time.monotonic() + 180
         while True:
-            result = subprocess.run(cmd, env=env, timeout=RUN_TIMEOUT, capture_output=True, text=True)
+            result = run_command(cmd, env=env, timeout=RUN_TIMEOUT)
             if "No available agent" not in result.stdout + result.stderr or time.monotonic() > deadline:
                 break
             time.sleep(5)
@@ -311,9 +306,6 @@ def test_ray_job_submit_runs_on_a_started_cluster(data_bucket, tfrecord_data, tm
 
 def _stop_processes_mentioning(marker: str) -> None:
     """SIGKILL every process whose command line names `marker` (one test cluster's daemons)."""
-    import os
-    import signal
-
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
@@ -323,8 +315,6 @@ def _stop_processes_mentioning(marker: str) -> None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

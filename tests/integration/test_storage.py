@@ -386,7 +386,8 @@ def test_reader_never_sees_a_partial_object(where, bucket, tmp_path):
         storage.read_bytes(target)
     finish.set()
     thread.join(10)
-    assert not errors
+    assert not thread.is_alive(), "the writer did not finish within 10 s"
+    assert not errors, errors
     assert storage.read_bytes(target) == payload
 
 

@@ -15,8 +15,7 @@ import pytest
 import yaml
 
 from job.telemetry import DriverTelemetry, WorkerTelemetry
-from tests.cli import require
-from tests.prometheus_server import require_tool
+from tests.cli import require, require_tool, run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "alerts.rules.yml"
@@ -121,7 +120,7 @@ def all_rules() -> list[dict]:
 
 
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kwargs)
+    return run_command(cmd, timeout=60, **kwargs)
 
 
 def test_promql_metric_names_parser():

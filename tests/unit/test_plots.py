@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import sys
 
+import matplotlib.colors as mcolors
 import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image
 
 from job.evaluation import plots
+from tests.cli import run_command
 
 NAMES = ["desert", "mountains", "sea", "sunset", "trees"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -27,11 +31,31 @@ def _labels(n: int, seed: int = 0) -> np.ndarray:
     return y
 
 
+def _pixels_near(image: Image.Image, colour: str) -> int:
+    """Pixels within a small distance of `colour` (a matplotlib colour such as "#d62728")."""
+    rgb = np.asarray(image.convert("RGB")).astype(int)
+    target = np.array([round(255 * c) for c in mcolors.to_rgb(colour)])
+    return int(np.sum(np.abs(rgb - target).sum(axis=-1) < 40))
+
+
 def _red_pixels(image: Image.Image) -> int:
     """Pixels close to the colour used for false positives and wrong frames."""
-    rgb = np.asarray(image.convert("RGB")).astype(int)
-    target = np.array([0xD6, 0x27, 0x28])
-    return int(np.sum(np.abs(rgb - target).sum(axis=-1) < 40))
+    return _pixels_near(image, plots.FRAME_WRONG)
+
+
+def _figure_of(monkeypatch, draw) -> tuple[Figure, bytes]:
+    """(the matplotlib Figure a plots function built, the PNG bytes it returned)."""
+    figures: list[Figure] = []
+    render = plots._png
+
+    def keep(fig: Figure) -> bytes:
+        figures.append(fig)
+        return render(fig)
+
+    monkeypatch.setattr(plots, "_png", keep)
+    png = draw()
+    assert len(figures) == 1
+    return figures[0], png
 
 
 def test_prediction_grid_size_and_marks_wrong_labels():
@@ -53,6 +77,8 @@ def test_prediction_grid_with_few_images_and_no_predictions():
     png = plots.prediction_grid(images, y, np.zeros(y.shape), np.full(len(NAMES), 0.5), NAMES, columns=4)
     image = _open(png)
     assert image.size == (990, 470)  # 3 columns, 1 row
+    # No label and no prediction is all right: green frames; red only in the legend's swatches.
+    assert _pixels_near(image, plots.FRAME_OK) > 20 * max(_red_pixels(image), 1)
 
 
 def test_per_label_bars_size():
@@ -63,14 +89,27 @@ def test_per_label_bars_size():
     assert _open(plots.per_label_bars(per_label, tuned, NAMES, title="test")).size == (1600, 750)
 
 
-def test_cooccurrence_heatmap_handles_a_label_that_never_occurs():
+def test_cooccurrence_heatmap_handles_a_label_that_never_occurs(monkeypatch):
     y = _labels(50)
     y[:, 4] = 0  # trees never occurs: its P(j | trees) row is undefined, drawn as n/a
-    image = _open(plots.cooccurrence_heatmap(y, NAMES))
-    assert image.size == (1025, 875)
+    fig, png = _figure_of(monkeypatch, lambda: plots.cooccurrence_heatmap(y, NAMES))
+    assert _open(png).size == (1025, 875)
+    ax = fig.axes[0]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert len(cells) == len(NAMES) ** 2
+    trees = NAMES.index("trees")
+    # Given trees (never seen), every P(j | trees) is undefined: n/a, and masked in the image.
+    assert [cells[(trees, j)] for j in range(len(NAMES))] == ["n/a"] * len(NAMES)
+    assert ax.images[0].get_array().mask[trees].all()
+    # Every other row is a number, and none of them ever has trees as well.
+    for i in range(len(NAMES)):
+        if i != trees:
+            assert "n/a" not in [cells[(i, j)] for j in range(len(NAMES))]
+            assert cells[(i, trees)] == "0.00\nn=0"
 
 
 def test_history_curves_with_and_without_data():
+    """Curves for what was recorded, "not recorded" where nothing was, same size either way."""
     history = [
         {
             "epoch": e,
@@ -85,6 +124,21 @@ def test_history_curves_with_and_without_data():
     assert _open(plots.history_curves(history, best_epoch=4)).size == (1500, 480)
     assert _open(plots.history_curves([])).size == (1500, 480)
 
+    full = plots.history_figure(history, best_epoch=4)
+    loss, score, rate = full.axes[:3]
+    assert [line.get_label() for line in loss.lines[:2]] == ["train loss", "val loss"]
+    assert list(loss.lines[1].get_ydata()) == [r["val_loss"] for r in history]
+    assert [line.get_label() for line in score.lines[:2]] == ["train macro-F1", "val macro-F1"]
+    assert list(rate.lines[0].get_ydata()) == [r["learning_rate"] for r in history]
+    for ax in (loss, score, rate):  # the evaluated checkpoint, marked on every panel
+        assert list(ax.lines[-1].get_xdata()) == [4, 4]
+        assert "not recorded" not in [t.get_text() for t in ax.texts]
+
+    empty = plots.history_figure([])
+    for ax in empty.axes[:3]:
+        assert len(ax.lines) == 0
+        assert [t.get_text() for t in ax.texts] == ["not recorded"]
+
 
 def test_history_lr_axis_is_logarithmic_only_when_the_rate_spans_decades():
     cut = [{"epoch": e, "loss": 1.0, "learning_rate": 10.0**-e} for e in range(1, 6)]
@@ -97,10 +151,6 @@ def test_plots_render_without_a_display_and_never_touch_pyplot():
     """A headless worker must draw every figure without a display, and without pyplot's
     global state (which leaks figures across calls): checked in a fresh interpreter whose
     configured backend would need a display."""
-    import os
-    import subprocess
-    import sys
-
     script = (
         "import sys, numpy as np\n"
         "from job.evaluation import plots\n"
@@ -113,7 +163,5 @@ def test_plots_render_without_a_display_and_never_touch_pyplot():
         "plots.history_curves([{'epoch': 1, 'loss': 1.0}])\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
-    env["MPLBACKEND"] = "TkAgg"
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    done = run_command([sys.executable, "-c", script], env={"DISPLAY": None, "MPLBACKEND": "TkAgg"}, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

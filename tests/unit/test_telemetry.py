@@ -18,7 +18,8 @@ from job.telemetry import (
     WorkerTelemetry,
     worker_port,
 )
-from tests.prometheus_server import free_port, require_tool
+from tests.cli import require_tool, run_command
+from tests.prometheus_server import free_port
 
 EPOCH_LOGS = {
     "loss": 0.25,
@@ -59,7 +60,7 @@ def busy_worker(run: str = "r1", rank: int = 0, steps: int = 10) -> WorkerTeleme
 
 def promtool_check(exposition: bytes) -> subprocess.CompletedProcess:
     promtool = require_tool("promtool")
-    return subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30)
+    return run_command([promtool, "check", "metrics"], input=exposition, timeout=30)
 
 
 # ---- ports -------------------------------------------------------------------------------
