@@ -21,3 +21,21 @@ METRICS_SPLIT_KEYS = frozenset(
 PER_LABEL_KEYS = frozenset(
     {"support", "precision", "recall", "f1", "average_precision", "binary_accuracy", "threshold"}
 )
+# per_label.csv: its header (README "Evaluation and analysis").
+PER_LABEL_CSV_COLUMNS = frozenset(
+    {
+        "split",
+        "label",
+        "support",
+        "threshold",
+        "precision_at_0.5",
+        "recall_at_0.5",
+        "f1_at_0.5",
+        "binary_accuracy_at_0.5",
+        "precision_tuned",
+        "recall_tuned",
+        "f1_tuned",
+        "binary_accuracy_tuned",
+        "average_precision",
+    }
+)
