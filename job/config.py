@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,16 +32,106 @@ def setting(
     min: float | None = None,
     max: float | None = None,
     choices: tuple[str, ...] | None = None,
+    parse: Callable[[str, Any], Any] | None = None,
 ) -> Any:
-    """A dataclass field with its help text and allowed values in metadata."""
-    return field(default=default, metadata={"help": help, "min": min, "max": max, "choices": choices})
+    """A dataclass field with its help text and allowed values in metadata.
+
+    `parse(key, value)`, where given, replaces the type and range checks: it returns the
+    field's value or raises ConfigError (for values that are not a plain scalar).
+    """
+    return field(default=default, metadata={"help": help, "min": min, "max": max, "choices": choices, "parse": parse})
 
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # Below the Linux ephemeral range (32768+), so Ray's own listeners cannot take them.
 DEFAULT_DRIVER_PORT = 9400
 DEFAULT_WORKER_PORT_BASE = 9401
-BACKBONES = ("small_cnn", "xception", "inception_v3", "resnet50", "efficientnet_b0", "mobilenet_v3_small")
+SCHEDULES = ("plateau", "constant", "cosine")
+LOSSES = ("bce", "asymmetric")
+BACKBONES = (
+    "small_vgg",
+    "small_cnn",
+    "xception",
+    "inception_v3",
+    "resnet50",
+    "efficientnet_b0",
+    "mobilenet_v3_small",
+)
+
+
+# ---------------------------------------------------------------------------- augmentation policy
+
+# Every augmentation op: its default strength (None: it has none) and the strength's range.
+# job/data/augment.py implements them; a unit test keeps the two lists the same.
+AUGMENT_OPS: dict[str, tuple[float | None, tuple[float, float] | None]] = {
+    "flip_left_right": (None, None),
+    "flip_up_down": (None, None),
+    "brightness": (0.08, (0.0, 1.0)),  # max shift, as a share of the pixel range
+    "contrast": (0.15, (0.0, 0.9)),  # max relative change of contrast
+    "random_resized_crop": (0.5, (0.05, 1.0)),  # smallest share of the image area kept
+}
+# Label-preserving for most photos (not for text, digits or left/right labels: see docs/data.md).
+DEFAULT_AUGMENT = ("flip_left_right", "brightness:0.08", "contrast:0.15")
+
+
+def parse_augment_policy(key: str, value: Any) -> tuple[str, ...]:
+    """A policy as canonical op strings ("flip_left_right", "brightness:0.2").
+
+    Accepts a list of "NAME" / "NAME:STRENGTH" strings or {NAME: STRENGTH} mappings, one
+    comma-separated string, "none" or [] (no augmentation), and the old booleans (true: the
+    default policy, which is what `augment: true` did; false: none).
+    """
+    if isinstance(value, bool):
+        return DEFAULT_AUGMENT if value else ()
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [part for part in (p.strip() for p in value.split(",")) if part]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(
+            f"Config key {key} must be a list of augmentation ops, e.g. [flip_left_right, brightness:0.1]; "
+            f"got {value!r}."
+        )
+    ops: list[str] = []
+    for item in value:
+        if isinstance(item, Mapping) and len(item) == 1:
+            item = "{}:{}".format(*next(iter(item.items())))
+        if not isinstance(item, str):
+            raise ConfigError(f"Config key {key}: {item!r} is not an op name (NAME or NAME:STRENGTH).")
+        name, _, strength_text = item.strip().partition(":")
+        if name == "none":
+            continue
+        ops.append(_augment_op(key, name.strip(), strength_text.strip()))
+    names = [op.partition(":")[0] for op in ops]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"Config key {key} names {', '.join(repeated)} more than once.")
+    return tuple(ops)
+
+
+def _augment_op(key: str, name: str, strength_text: str) -> str:
+    if name not in AUGMENT_OPS:
+        hint = difflib.get_close_matches(name, list(AUGMENT_OPS), n=1)
+        suggestion = f" Did you mean {hint[0]}?" if hint else ""
+        raise ConfigError(
+            f"Config key {key}: unknown augmentation op {name!r}.{suggestion} Known ops: "
+            f"{', '.join(AUGMENT_OPS)}, none."
+        )
+    default, bounds = AUGMENT_OPS[name]
+    if not strength_text:
+        return name if default is None else f"{name}:{default:g}"
+    if bounds is None:
+        raise ConfigError(f"Config key {key}: {name} takes no strength (got {name}:{strength_text}).")
+    try:
+        strength = float(strength_text)
+    except ValueError:
+        raise ConfigError(
+            f"Config key {key}: the strength of {name} must be a number, got {strength_text!r}."
+        ) from None
+    low, high = bounds
+    if not low < strength <= high:
+        raise ConfigError(f"Config key {key}: the strength of {name} must be in ({low:g}, {high:g}], got {strength:g}.")
+    return f"{name}:{strength:g}"
 
 
 @dataclass(frozen=True)
@@ -57,7 +147,13 @@ class DataConfig:
     )
     prefetch_batches: int = setting(2, "Batches prepared ahead of the model (bounded, not AUTOTUNE).", min=0, max=64)
     parallel_calls: int = setting(0, "Parallel decode calls in tf.data; 0 lets tf.data tune it.", min=0, max=256)
-    augment: bool = setting(True, "Random flips and brightness/contrast jitter on training images.")
+    augment: tuple[str, ...] = setting(
+        DEFAULT_AUGMENT,
+        "Augmentation policy for training images: a list of ops, each NAME or NAME:STRENGTH "
+        f"({', '.join(AUGMENT_OPS)}); [] or none for no augmentation. docs/data.md says which "
+        "ops keep which labels.",
+        parse=lambda key, value: parse_augment_policy(key, value),
+    )
     cache_validation: bool = setting(True, "Keep the val split's encoded images in memory after the first epoch.")
     verify_checksums: bool = setting(True, "Check every shard's size and sha256 against dataset.json before training.")
 
@@ -66,10 +162,12 @@ class DataConfig:
 class ModelConfig:
     """The network: a backbone and a logits head."""
 
-    backbone: str = setting("small_cnn", "Backbone network.", choices=BACKBONES)
+    backbone: str = setting(
+        "small_vgg", "Backbone network: small_vgg from scratch, or a Keras application.", choices=BACKBONES
+    )
     weights: str = setting("none", "'none', 'imagenet', or a path to a weights file.")
     freeze_backbone: bool = setting(False, "Keep the backbone's weights fixed and train the head only.")
-    width: int = setting(32, "Filters in the first block of small_cnn (doubles per block).", min=4, max=512)
+    width: int = setting(32, "Filters in the first stage of small_vgg / small_cnn (doubles per stage).", min=4, max=512)
     dropout_rate: float = setting(0.2, "Dropout before the logits head.", min=0.0, max=0.9)
 
 
@@ -78,21 +176,60 @@ class TrainingConfig:
     """The optimisation and the seed's callbacks."""
 
     epochs: int = setting(10, "Number of passes over the training split.", min=1, max=100_000)
-    learning_rate: float = setting(0.002, "Adam learning rate.", min=1e-8, max=10.0)
+    learning_rate: float = setting(0.002, "Adam learning rate (the peak of the cosine schedule).", min=1e-8, max=10.0)
+    schedule: str = setting(
+        "plateau",
+        "LR schedule: plateau (constant, cut on a val_loss plateau: the seed's), constant, or "
+        "cosine (linear warm-up, then cosine decay to min_learning_rate).",
+        choices=SCHEDULES,
+    )
+    warmup_epochs: float = setting(1.0, "Linear warm-up of the cosine schedule, in epochs.", min=0.0, max=10_000.0)
+    weight_decay: float = setting(
+        0.0, "Decoupled weight decay (AdamW) on kernels; 0 means plain Adam.", min=0.0, max=1.0
+    )
+    loss: str = setting("bce", "Loss on logits: bce (binary cross-entropy) or asymmetric (ASL).", choices=LOSSES)
+    asl_gamma_neg: float = setting(4.0, "ASL focusing exponent for negatives.", min=0.0, max=20.0)
+    asl_gamma_pos: float = setting(0.0, "ASL focusing exponent for positives.", min=0.0, max=20.0)
+    asl_clip: float = setting(0.05, "ASL probability margin: negatives scored below it cost nothing.", min=0.0, max=0.5)
     seed: int = setting(42, "One seed for the split, shuffling, augmentation and weight init.", min=0, max=2**31 - 1)
     precision: str = setting("float32", "Numeric precision; the logits head and loss stay float32.", choices=PRECISIONS)
     jit_compile: bool = setting(False, "Compile the train step with XLA.")
     terminate_on_nan: bool = setting(True, "Stop the run when the loss becomes NaN.")
     restore_best_weights: bool = setting(True, "Evaluate the checkpoint with the lowest val_loss, not the last one.")
     reduce_lr_patience_epochs: int = setting(
-        3, "Epochs without val_loss improvement before the LR is cut; 0 disables.", min=0, max=10_000
+        3,
+        "Epochs without val_loss improvement before the LR is cut (schedule plateau); 0 disables.",
+        min=0,
+        max=10_000,
     )
     reduce_lr_factor: float = setting(0.5, "Factor applied to the LR on plateau.", min=0.01, max=0.99)
-    min_learning_rate: float = setting(1e-6, "Lower bound for the LR on plateau.", min=0.0, max=1.0)
+    min_learning_rate: float = setting(
+        1e-6, "Lower bound for the LR on plateau; the final LR of the cosine schedule.", min=0.0, max=1.0
+    )
     early_stopping_patience_epochs: int = setting(
         5, "Epochs without val_loss improvement before stopping; 0 disables.", min=0, max=10_000
     )
     tensorboard: bool = setting(True, "Write TensorBoard event files (rank 0) and sync them to RUN/tensorboard/.")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """The transfer-learning recipe: train the head on a frozen pretrained backbone, then
+    fine-tune the top of the backbone with a smaller LR (its BatchNorm stays in inference mode)."""
+
+    frozen_epochs: int = setting(
+        0,
+        "Epochs that train the head only, on a frozen backbone, before the unfreeze; 0 turns the recipe off.",
+        min=0,
+        max=100_000,
+    )
+    unfreeze_from: str = setting(
+        "", "First backbone layer (by name) made trainable at the unfreeze; empty: use unfreeze_fraction."
+    )
+    unfreeze_fraction: float = setting(
+        1.0, "Share of the backbone's layers, counted from the top, made trainable at the unfreeze.", min=0.01, max=1.0
+    )
+    learning_rate_factor: float = setting(0.1, "The LR is multiplied by this at the unfreeze.", min=1e-4, max=1.0)
 
 
 @dataclass(frozen=True)
@@ -152,6 +289,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
@@ -300,6 +438,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
 
 
 def _check_value(key: str, f: dataclasses.Field, value: Any) -> Any:
+    if f.metadata.get("parse") is not None:
+        return f.metadata["parse"](key, value)
     expected = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[f.type]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

@@ -22,6 +22,7 @@ import tensorflow as tf
 from job import storage
 from job.config import DataConfig
 from job.data import shards
+from job.data.augment import augment_image
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Encoded examples read ahead of the decode stage (~KB each: a few MB at most for JPEGs).
@@ -231,18 +232,6 @@ def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Light, label-preserving augmentation: horizontal flip, brightness and contrast jitter.
-
-    Stateless ops keyed by a per-example seed make augmentation reproducible.
-    """
-    seeds = tf.random.experimental.stateless_split(seed, num=3)
-    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
-    image = tf.image.stateless_random_brightness(image, 20.0, seeds[1])
-    image = tf.image.stateless_random_contrast(image, 0.85, 1.15, seeds[2])
-    return tf.clip_by_value(image, 0.0, 255.0)
-
-
 def make_pipeline(
     examples: tf.data.Dataset,
     cfg: DataConfig,
@@ -258,7 +247,7 @@ def make_pipeline(
     Args:
         examples: (encoded image, float32 labels) pairs.
         cfg: the data section of the run config.
-        training: shuffle and augment when True.
+        training: shuffle, and augment with `cfg.augment`'s policy, when True.
         batch_size: examples per batch on this worker.
         seed: drives shuffling and augmentation.
         repeat: loop forever (training with a fixed steps_per_epoch).
@@ -273,10 +262,11 @@ def make_pipeline(
     if repeat:
         ds = ds.repeat()
     if training and cfg.augment:
+        policy = tuple(cfg.augment)
         # Pair each example with its own seed so augmentation does not depend on thread timing.
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
         ds = ds.map(
-            lambda ex, s: (augment_image(decode_image(ex[0], cfg.image_size), s), ex[1]),
+            lambda ex, s: (augment_image(decode_image(ex[0], cfg.image_size), s, policy), ex[1]),
             num_parallel_calls=parallel,
             deterministic=False,
         )

@@ -21,7 +21,8 @@ from job.errors import UserError
 from job.evaluation.evaluate import evaluate_run
 from job.storage.run_store import RunStore
 from job.training.loop import WorkerPlan
-from job.training.model import check_model_options
+from job.training.model import backbone_layer_names, check_model_options
+from job.training.transfer import check_transfer_options
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ def plan_run(cfg: Config, data_uri: str, output_uri: str, run_name: str | None, 
         unreachable storage.
     """
     check_model_options(cfg.model.backbone, cfg.model.weights, cfg.data.image_size)
+    layer_names = (
+        backbone_layer_names(cfg.model.backbone, cfg.data.image_size, cfg.model.width)
+        if cfg.transfer.frozen_epochs and cfg.transfer.unfreeze_from
+        else None
+    )
+    check_transfer_options(cfg, layer_names)
     if storage.is_s3(cfg.model.weights) and not storage.exists(cfg.model.weights):
         raise UserError(f"model.weights {cfg.model.weights} does not exist. Pass an existing weights file, or 'none'.")
     storage.check_access(data_uri)

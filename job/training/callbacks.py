@@ -26,6 +26,8 @@ from job.config import Config, config_to_dict
 from job.data.pipeline import InputClock
 from job.storage.run_store import RunStore
 from job.training import checkpoints
+from job.training.schedules import current_learning_rate
+from job.training.transfer import UnfreezeBackbone
 
 if TYPE_CHECKING:  # the telemetry object is passed in; training never imports prometheus_client
     from job.telemetry import WorkerTelemetry
@@ -107,7 +109,7 @@ class LearningRateLog(tf_keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
+            logs["learning_rate"] = current_learning_rate(self.model.optimizer)
 
 
 class FaultInjection(tf_keras.callbacks.Callback):
@@ -156,8 +158,10 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
         early_stop: ResumableEarlyStopping | None,
         history: list[dict],
         best: dict,
+        unfreeze: UnfreezeBackbone | None = None,
     ):
         super().__init__()
+        self.unfreeze = unfreeze
         self.cfg, self.plan, self.info, self.reporter, self.telemetry = cfg, plan, info, reporter, telemetry
         self.reduce_lr, self.early_stop = reduce_lr, early_stop
         self.history, self.best = history, best
@@ -171,10 +175,12 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
         done = epoch + 1
         seconds = time.perf_counter() - self._epoch_start
         row = {"epoch": done, **{k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}}
-        next_lr = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
+        next_lr = current_learning_rate(self.model.optimizer)
         row.setdefault("learning_rate", next_lr)
         row.pop("lr", None)
         row["epoch_seconds"] = seconds
+        if self.unfreeze is not None:
+            row["backbone_frozen"] = not self.unfreeze.unfrozen
         self.history.append(row)
         val_loss = row.get("val_loss", float("nan"))
         if not math.isnan(val_loss) and val_loss < self.best.get("val_loss", float("inf")):
@@ -209,6 +215,7 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
                     "best": dict(self.best),
                     "reduce_lr": self.reduce_lr.snapshot() if self.reduce_lr else None,
                     "early_stopping": self.early_stop.snapshot() if self.early_stop else None,
+                    "backbone_unfrozen": bool(self.unfreeze and self.unfreeze.unfrozen),
                     "history": self.history,
                     "class_names": list(self.plan.class_names),
                     "config": config_to_dict(self.cfg),
@@ -270,8 +277,14 @@ def build_callbacks(
         history, best: filled in epoch by epoch (shared with the caller).
     """
     tcfg = cfg.training
+    callbacks: list[tf_keras.callbacks.Callback] = []
+    # 0. The transfer recipe's unfreeze, at an epoch's start, before anything of that epoch runs.
+    unfreeze = None
+    if cfg.transfer.frozen_epochs:
+        unfreeze = UnfreezeBackbone(cfg.transfer, bool(state.get("backbone_unfrozen")), info.rank)
+        callbacks.append(unfreeze)
     # 1. LearningRateLog first: it records the rate this epoch used, before ReduceLR changes it.
-    callbacks: list[tf_keras.callbacks.Callback] = [LearningRateLog()]
+    callbacks.append(LearningRateLog())
     # 2. Step timing and input wait for Prometheus; independent of the rest.
     callbacks.append(StepTelemetry(telemetry, clock, plan.batch_size_per_worker))
     # 3. A drill's kill happens at a step boundary, before any epoch-end work.
@@ -281,7 +294,7 @@ def build_callbacks(
         callbacks.append(tf_keras.callbacks.TerminateOnNaN())
     # 4. ReduceLR and EarlyStopping decide on this epoch's val_loss ...
     reduce_lr = early_stop = None
-    if tcfg.reduce_lr_patience_epochs:
+    if tcfg.schedule == "plateau" and tcfg.reduce_lr_patience_epochs:
         reduce_lr = ResumableReduceLR(
             state.get("reduce_lr"),
             monitor="val_loss",
@@ -302,7 +315,9 @@ def build_callbacks(
         callbacks.append(tf_keras.callbacks.TensorBoard(tb_dir, write_graph=False, profile_batch=0))
         callbacks.append(TensorBoardSync(tb_dir, RunStore(plan.run_uri).tensorboard_uri))
     # 6. ... and the checkpoint comes after them, so the state it saves includes their decisions.
-    callbacks.append(CheckpointAndReport(cfg, plan, info, reporter, telemetry, reduce_lr, early_stop, history, best))
+    callbacks.append(
+        CheckpointAndReport(cfg, plan, info, reporter, telemetry, reduce_lr, early_stop, history, best, unfreeze)
+    )
     # 7. Last: stop the input sources once no rank will read them again.
     if release_inputs is not None:
         callbacks.append(tf_keras.callbacks.LambdaCallback(on_train_end=lambda logs: release_inputs()))

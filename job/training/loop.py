@@ -28,9 +28,11 @@ import tf_keras
 from job import storage
 from job.config import Config
 from job.data.pipeline import InputClock, make_pipeline
-from job.training import checkpoints
+from job.training import checkpoints, transfer
 from job.training.callbacks import Reporter, build_callbacks
+from job.training.losses import loss_for
 from job.training.model import build_model, compile_model, set_precision_policy
+from job.training.schedules import has_schedule, learning_rate_for
 
 if TYPE_CHECKING:  # the telemetry object is passed in; training never imports prometheus_client
     from job.telemetry import WorkerTelemetry
@@ -112,7 +114,7 @@ def train_worker(
             log.info("run already finished %d/%d epochs; nothing to train", start_epoch, cfg.training.epochs)
         return list(state.get("history", []))
 
-    model = build_or_restore_model(cfg, len(plan.class_names), strategy, restored)
+    model = build_or_restore_model(cfg, len(plan.class_names), strategy, restored, plan.steps_per_epoch)
     clock = InputClock()
     train_ds, val_ds = make_datasets(
         cfg,
@@ -157,27 +159,58 @@ def train_worker(
 
 
 def build_or_restore_model(
-    cfg: Config, num_classes: int, strategy: tf.distribute.Strategy, restored: checkpoints.RestoredCheckpoint | None
+    cfg: Config,
+    num_classes: int,
+    strategy: tf.distribute.Strategy,
+    restored: checkpoints.RestoredCheckpoint | None,
+    steps_per_epoch: int,
 ) -> tf_keras.Model:
-    """Build and compile the model under the strategy; load weights, optimizer and LR when resuming."""
+    """Build and compile the model under the strategy; load weights, optimizer and LR when resuming.
+
+    With the transfer recipe on, the model is built frozen until the checkpoint says the
+    backbone was unfrozen, and the optimizer gets slots for every variable that will train.
+    """
     weights = local_weights(cfg.model.weights)
+    recipe = cfg.transfer.frozen_epochs > 0
+    unfrozen = bool(restored and restored.state.get("backbone_unfrozen"))
     with strategy.scope():
         model = build_model(
             cfg.model.backbone,
             num_classes,
             cfg.data.image_size,
             weights=weights,
-            freeze_backbone=cfg.model.freeze_backbone,
+            freeze_backbone=cfg.model.freeze_backbone or (recipe and not unfrozen),
+            backbone_inference=recipe,
             width=cfg.model.width,
             dropout_rate=cfg.model.dropout_rate,
             precision=cfg.training.precision,
             seed=cfg.training.seed,
         )
-        compile_model(model, learning_rate=cfg.training.learning_rate, jit_compile=cfg.training.jit_compile)
+        if recipe and unfrozen:
+            transfer.set_unfrozen(model, cfg.transfer)
+        learning_rate = learning_rate_for(
+            cfg.training,
+            steps_per_epoch,
+            unfreeze_epoch=cfg.transfer.frozen_epochs if recipe else None,
+            unfreeze_factor=cfg.transfer.learning_rate_factor,
+        )
+        compile_model(
+            model,
+            learning_rate=learning_rate,
+            loss=loss_for(cfg.training),
+            weight_decay=cfg.training.weight_decay,
+            jit_compile=cfg.training.jit_compile,
+        )
+        # Slots for every variable that will ever train, so checkpoints before and after the
+        # unfreeze hold the same optimizer variables (and resume into either phase).
+        model.optimizer.build(
+            transfer.variables_that_will_train(model, cfg.transfer) if recipe else model.trainable_variables
+        )
         if restored:
-            model.optimizer.build(model.trainable_variables)
             tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(restored.weights_prefix).expect_partial()
-            model.optimizer.learning_rate.assign(float(restored.state["learning_rate"]))
+            # A schedule is a function of the restored step counter; a plain LR is state.
+            if not has_schedule(model.optimizer):
+                model.optimizer.learning_rate.assign(float(restored.state["learning_rate"]))
     if restored:
         checkpoints.remove_local(restored.local_dir)
     return model

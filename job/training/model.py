@@ -10,6 +10,7 @@ Only `tf_keras` (Keras 2) is used: Keras 3 fails under MultiWorkerMirroredStrate
 
 from __future__ import annotations
 
+import math
 import os
 
 import tensorflow as tf
@@ -19,11 +20,13 @@ from tf_keras import layers
 from job.config import BACKBONES, PRECISIONS
 from job.errors import UserError
 from job.training import metrics as job_metrics
+from job.training.schedules import make_optimizer
 
 WEIGHT_CHOICES = ("none", "imagenet")
 
 # Smallest input side each backbone accepts (the Keras applications' own limits).
 MIN_IMAGE_SIZE = {
+    "small_vgg": 16,
     "small_cnn": 16,
     "xception": 71,
     "inception_v3": 75,
@@ -35,6 +38,12 @@ MIN_IMAGE_SIZE = {
 # ImageNet channel means in BGR order, as `applications.resnet50.preprocess_input` uses.
 _IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 _SMALL_CNN_BLOCKS = 3
+# small_vgg pools until its last feature map is about this side, then stops widening.
+_SMALL_VGG_FINAL_SIDE = 8
+_SMALL_VGG_MAX_WIDTH_FACTOR = 8
+_SCRATCH_BN_MOMENTUM = 0.9
+# Backbones defined here (no ImageNet weights); the rest are Keras applications.
+OWN_BACKBONES = ("small_vgg", "small_cnn")
 
 
 @tf_keras.utils.register_keras_serializable(package="job")
@@ -79,10 +88,11 @@ def check_model_options(backbone: str, weights: str, image_size: int) -> None:
         raise UserError(f"unknown backbone {backbone!r}; choose one of: {', '.join(BACKBONES)}")
     if not isinstance(weights, str) or not weights:
         raise UserError(f"model weights must be 'none', 'imagenet' or a path to a weights file; got {weights!r}")
-    if weights == "imagenet" and backbone == "small_cnn":
+    if weights == "imagenet" and backbone in OWN_BACKBONES:
+        pretrained = [b for b in BACKBONES if b not in OWN_BACKBONES]
         raise UserError(
-            "small_cnn has no ImageNet weights; use weights=none, a weights file, "
-            f"or a pretrained backbone ({', '.join(BACKBONES[1:])})"
+            f"{backbone} has no ImageNet weights; use weights=none, a weights file, "
+            f"or a pretrained backbone ({', '.join(pretrained)})"
         )
     if weights not in WEIGHT_CHOICES and not _is_remote(weights) and not _weights_file_exists(weights):
         raise UserError(
@@ -125,6 +135,42 @@ def set_precision_policy(precision: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def _conv_bn_relu(x, filters: int, name: str):
+    # No conv bias: the BatchNorm that follows has its own offset. momentum 0.9 (Keras
+    # default 0.99): short CPU runs have few steps, and the moving statistics used at
+    # evaluation must catch up within them.
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def small_vgg_stages(image_size: int) -> int:
+    """Stages of small_vgg for an input side: enough 2x poolings to bring the feature map
+    down to about 8 px, and at least 4 stages (a receptive field of ~68 px)."""
+    poolings = max(3, math.ceil(math.log2(max(image_size, 1) / _SMALL_VGG_FINAL_SIDE)))
+    return poolings + 1
+
+
+def _small_vgg(image_size: int, width: int) -> tf_keras.Model:
+    """VGG-style stages of two 3x3 Conv-BN-ReLU, 2x max-pool between stages.
+
+    Why this shape: a label's evidence in a photo is an object somewhere in it. Two convs per
+    stage and a pool per stage grow the receptive field fast (68 px after 4 stages), so the
+    last feature map sees whole objects before global average pooling; the 3-block small_cnn
+    (18 px) sees only texture and colour. Width doubles per stage up to 8x `width`.
+    """
+    inputs = layers.Input((image_size, image_size, 3), name="backbone_input")
+    x = inputs
+    stages = small_vgg_stages(image_size)
+    for stage in range(stages):
+        filters = width * 2 ** min(stage, int(math.log2(_SMALL_VGG_MAX_WIDTH_FACTOR)))
+        x = _conv_bn_relu(x, filters, f"stage{stage}a")
+        x = _conv_bn_relu(x, filters, f"stage{stage}b")
+        if stage < stages - 1:
+            x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    return tf_keras.Model(inputs, x, name="small_vgg")
+
+
 def _small_cnn(image_size: int, width: int) -> tf_keras.Model:
     """Conv-BN-ReLU-MaxPool blocks with doubling width; outputs a feature map."""
     inputs = layers.Input((image_size, image_size, 3), name="backbone_input")
@@ -159,10 +205,12 @@ def _application(backbone: str, image_size: int, weights: str) -> tf_keras.Model
 
 def _backbone(backbone: str, image_size: int, weights: str, width: int) -> tf_keras.Model:
     """The feature extractor, turning an ImageNet download failure into a UserError."""
+    if backbone == "small_vgg":
+        return _small_vgg(image_size, width)
     if backbone == "small_cnn":
         return _small_cnn(image_size, width)
     if weights != "imagenet":
-        return _application(backbone, image_size, None)
+        return _fast_batchnorm(_application(backbone, image_size, None))
     try:
         return _application(backbone, image_size, "imagenet")
     except Exception as exc:  # Keras raises a bare Exception on "URL fetch failure".
@@ -173,9 +221,25 @@ def _backbone(backbone: str, image_size: int, weights: str, width: int) -> tf_ke
         ) from exc
 
 
+def _fast_batchnorm(backbone: tf_keras.Model) -> tf_keras.Model:
+    """Set every BatchNorm's momentum to 0.9 in a backbone that starts from random weights.
+
+    The applications use 0.99 (MobileNetV3: 0.999), tuned for ImageNet's hundreds of
+    thousands of steps. Trained from scratch for a few hundred steps, their moving statistics
+    are still mostly the initial (0, 1) at evaluation, far from the real activations, and the
+    network outputs the same logits for every image: validation macro-F1 0 while the
+    training loss falls. With 0.9 the statistics follow within ~20 steps. (The momentum is
+    read when the layer is called, so changing it after construction takes effect.)
+    """
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = _SCRATCH_BN_MOMENTUM
+    return backbone
+
+
 def _preprocessing(backbone: str):
     """Layer mapping [0, 255] RGB to what the backbone expects, or None if it does it."""
-    if backbone == "small_cnn":
+    if backbone in OWN_BACKBONES:
         return layers.Rescaling(1.0 / 255.0, name="preprocess")
     if backbone in ("xception", "inception_v3"):
         # preprocess_input "tf" mode: [0, 255] -> [-1, 1].
@@ -184,6 +248,11 @@ def _preprocessing(backbone: str):
         return CaffePreprocess(name="preprocess")
     # EfficientNet and MobileNetV3 include their own Rescaling/Normalization layers.
     return None
+
+
+def backbone_layer_names(backbone: str, image_size: int, width: int = 32) -> list[str]:
+    """The layer names of a backbone, built without weights (to check transfer.unfreeze_from)."""
+    return [layer.name for layer in _backbone(backbone, image_size, "none", width).layers]
 
 
 def _load_weights(model: tf_keras.Model, path: str) -> None:
@@ -204,6 +273,7 @@ def build_model(
     *,
     weights: str = "none",
     freeze_backbone: bool = False,
+    backbone_inference: bool = False,
     width: int = 32,
     dropout_rate: float = 0.2,
     precision: str = "float32",
@@ -221,6 +291,8 @@ def build_model(
         weights: "none", "imagenet", or a LOCAL path to full-model weights.
         freeze_backbone: make the backbone non-trainable (its BatchNorm runs in inference
             mode, as Keras recommends for fine-tuning).
+        backbone_inference: call the backbone with training=False even while it trains (the
+            transfer recipe's fine-tuning: BatchNorm keeps its pretrained statistics).
         width: filters of small_cnn's first block (ignored by other backbones).
         dropout_rate: dropout before the head.
         precision: one of PRECISIONS; the head stays float32.
@@ -243,7 +315,7 @@ def build_model(
     x = preprocess(inputs) if preprocess is not None else inputs
     base = _backbone(backbone, image_size, weights, width)
     base.trainable = not freeze_backbone
-    x = base(x, training=False) if freeze_backbone else base(x)
+    x = base(x, training=False) if freeze_backbone or backbone_inference else base(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Dropout(dropout_rate, seed=seed, name="dropout")(x)
     # float32 head: logits, loss and metrics stay float32 under mixed precision.
@@ -255,26 +327,35 @@ def build_model(
     return model
 
 
-def compile_model(model: tf_keras.Model, *, learning_rate: float, jit_compile: bool = False) -> None:
-    """Compile with Adam, binary cross-entropy on logits and the training metrics.
+def compile_model(
+    model: tf_keras.Model,
+    *,
+    learning_rate: float | tf_keras.optimizers.schedules.LearningRateSchedule,
+    loss: tf_keras.losses.Loss | None = None,
+    weight_decay: float = 0.0,
+    jit_compile: bool = False,
+) -> None:
+    """Compile with Adam (AdamW when `weight_decay` > 0), a loss on logits and the training metrics.
 
     Metrics are created under the model's distribution strategy scope. With a
-    mixed_float16 model, tf_keras wraps Adam in a LossScaleOptimizer itself.
+    mixed_float16 model, tf_keras wraps the optimizer in a LossScaleOptimizer itself.
 
     Args:
         model: a model from `build_model`.
-        learning_rate: Adam learning rate (> 0).
+        learning_rate: a positive float, or a schedule of the step (schedules.learning_rate_for).
+        loss: a loss on logits (losses.loss_for); None: binary cross-entropy.
+        weight_decay: decoupled weight decay; 0 means plain Adam.
         jit_compile: compile the train step with XLA.
     Raises:
         UserError: learning_rate not positive.
     """
-    if not learning_rate > 0:
+    if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
         raise UserError(f"learning_rate must be positive; got {learning_rate!r}")
     num_classes = int(model.output_shape[-1])
     with model.distribute_strategy.scope():
         model.compile(
-            optimizer=tf_keras.optimizers.Adam(learning_rate=learning_rate),
-            loss=tf_keras.losses.BinaryCrossentropy(from_logits=True),
+            optimizer=make_optimizer(learning_rate, weight_decay),
+            loss=loss or tf_keras.losses.BinaryCrossentropy(from_logits=True),
             metrics=job_metrics.training_metrics(num_classes),
             jit_compile=jit_compile,
         )

@@ -7,6 +7,7 @@ close match that tells them what to type instead.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -42,7 +43,7 @@ def test_defaults_load_and_match_the_dataclass():
     assert cfg == Config()
     assert cfg.data.image_size == 64
     assert cfg.training.learning_rate == pytest.approx(0.002)
-    assert cfg.model.backbone == "small_cnn"
+    assert cfg.model.backbone == "small_vgg"
 
 
 def test_every_yaml_under_configs_is_in_the_list():
@@ -63,8 +64,8 @@ def test_training_config_files_load(rel):
 
 def test_demo_preset_values_are_applied():
     cfg = load_config(os.path.join(REPO, "configs/demo.yaml"))
-    assert cfg.model.width == 16
-    assert cfg.training.epochs == 8
+    assert (cfg.model.backbone, cfg.model.width) == ("small_vgg", 16)
+    assert (cfg.training.epochs, cfg.training.schedule, cfg.data.augment) == (16, "cosine", ())
     assert cfg.training.learning_rate == pytest.approx(0.003)
     # Keys the preset does not set keep their defaults.
     assert cfg.training.precision == "float32"
@@ -153,7 +154,7 @@ def test_config_error_is_a_user_error():
         ("training.learning_rate=2.5E-4", "training", "learning_rate", 0.00025),
         # An int where a float is meant is fine.
         ("model.dropout_rate=0", "model", "dropout_rate", 0.0),
-        ("data.augment=false", "data", "augment", False),
+        ("data.augment=false", "data", "augment", ()),
         ("scaling.use_gpu=true", "scaling", "use_gpu", True),
         ("model.backbone=resnet50", "model", "backbone", "resnet50"),
         ("model.weights=/tmp/w.h5", "model", "weights", "/tmp/w.h5"),
@@ -260,8 +261,8 @@ def test_section_that_is_not_a_mapping_names_the_section():
         ("model.width=wide", "model.width", "int"),  # str for int
         ("model.width=true", "model.width", "int"),  # bool for int (bool is an int in Python)
         ("model.width=16.5", "model.width", "int"),  # float for int
-        ("data.augment=1", "data.augment", "bool"),  # int for bool
-        ("data.augment=maybe", "data.augment", "bool"),  # str for bool
+        ("training.jit_compile=1", "training.jit_compile", "bool"),  # int for bool
+        ("training.jit_compile=maybe", "training.jit_compile", "bool"),  # str for bool
         ("training.learning_rate=fast", "training.learning_rate", "float"),  # str for float
         ("training.learning_rate=true", "training.learning_rate", "float"),  # bool for float
         ("model.backbone=5", "model.backbone", "str"),  # int for str
@@ -343,6 +344,8 @@ def test_dict_round_trip_is_identical():
     again = config_from_dict(as_dict)
     assert again == cfg
     assert config_to_dict(again) == as_dict
+    # ... and through JSON, as a saved run's config.json is read back (lists, not tuples).
+    assert config_from_dict(json.loads(json.dumps(as_dict))) == cfg
     # Plain nested dicts, as saved to config.json.
     assert as_dict["training"]["learning_rate"] == pytest.approx(1e-3)
     assert as_dict["model"]["backbone"] == "xception"

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from job.config import DataConfig
+from job.config import DEFAULT_AUGMENT, DataConfig
 from job.data import pipeline, shards
 from job.data.shards import DatasetError, Example
 
@@ -96,38 +96,6 @@ def test_decode_image_of_grey_and_rgba_png_gives_three_channels():
         np.testing.assert_allclose(image.mean(axis=(0, 1)), colour, atol=1)
 
 
-# ---------------------------------------------------------------------------- augment
-
-
-def _augment_both_ways(image: np.ndarray, seed) -> tuple[np.ndarray, np.ndarray]:
-    seed_t = tf.constant(seed, tf.int64)
-    eager = pipeline.augment_image(tf.constant(image), seed_t).numpy()
-    ds = tf.data.Dataset.from_tensors((image, seed_t)).map(pipeline.augment_image)
-    return eager, next(iter(ds)).numpy()
-
-
-def test_augment_image_is_deterministic_per_seed_and_keeps_shape_and_range():
-    image = np.random.default_rng(1).uniform(0, 255, (SIZE, SIZE, 3)).astype(np.float32)
-    a_eager, a_mapped = _augment_both_ways(image, [1, 2])
-    b_eager, _ = _augment_both_ways(image, [1, 2])
-    np.testing.assert_array_equal(a_eager, b_eager)
-    np.testing.assert_allclose(a_eager, a_mapped, atol=1e-4)
-    for out in (a_eager, a_mapped):
-        assert out.shape == image.shape and out.dtype == np.float32
-        assert out.min() >= 0.0 and out.max() <= 255.0
-    # Another seed gives another image, and augmentation actually changes the input.
-    c_eager, _ = _augment_both_ways(image, [3, 4])
-    assert not np.allclose(a_eager, c_eager)
-    assert not np.allclose(a_eager, image)
-
-
-def test_augment_image_differs_across_many_seeds():
-    image = np.random.default_rng(2).uniform(0, 255, (SIZE, SIZE, 3)).astype(np.float32)
-    outs = [pipeline.augment_image(tf.constant(image), tf.constant([s, 0], tf.int64)).numpy() for s in range(6)]
-    distinct = {o.tobytes() for o in outs}
-    assert len(distinct) == 6
-
-
 # ---------------------------------------------------------------------------- make_pipeline
 
 
@@ -143,7 +111,7 @@ def _indices(labels: np.ndarray) -> list[int]:
 
 
 def _cfg(**kw) -> DataConfig:
-    base = dict(image_size=SIZE, shuffle_buffer_examples=0, prefetch_batches=1, parallel_calls=1, augment=False)
+    base = dict(image_size=SIZE, shuffle_buffer_examples=0, prefetch_batches=1, parallel_calls=1, augment=())
     base.update(kw)
     return DataConfig(**base)
 
@@ -211,7 +179,7 @@ def test_pipeline_repeat_loops_over_the_data():
 def test_training_pipeline_with_augment_keeps_shape_range_and_labels():
     ds = pipeline.make_pipeline(
         _indexed_examples(6),
-        _cfg(augment=True, shuffle_buffer_examples=2),
+        _cfg(augment=DEFAULT_AUGMENT, shuffle_buffer_examples=2),
         training=True,
         batch_size=3,
         seed=5,
