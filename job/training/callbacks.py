@@ -27,7 +27,7 @@ from job.data.pipeline import InputClock
 from job.storage.run_store import RunStore
 from job.training import checkpoints
 from job.training.schedules import current_learning_rate
-from job.training.transfer import UnfreezeBackbone
+from job.training.transfer import UnfreezeBackbone, backbone_of
 
 if TYPE_CHECKING:  # the telemetry object is passed in; training never imports prometheus_client
     from job.telemetry import WorkerTelemetry
@@ -180,7 +180,8 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
         row.pop("lr", None)
         row["epoch_seconds"] = seconds
         if self.unfreeze is not None:
-            row["backbone_frozen"] = not self.unfreeze.unfrozen
+            # Read from the model itself, not the recipe's flag: what actually trained.
+            row["backbone_frozen"] = not backbone_of(self.model).trainable_variables
         self.history.append(row)
         val_loss = row.get("val_loss", float("nan"))
         if not math.isnan(val_loss) and val_loss < self.best.get("val_loss", float("inf")):

@@ -10,6 +10,7 @@ Only `tf_keras` (Keras 2) is used: Keras 3 fails under MultiWorkerMirroredStrate
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -21,6 +22,8 @@ from job.config import BACKBONES, PRECISIONS
 from job.errors import UserError
 from job.training import metrics as job_metrics
 from job.training.schedules import make_optimizer
+
+log = logging.getLogger(__name__)
 
 WEIGHT_CHOICES = ("none", "imagenet")
 
@@ -255,15 +258,27 @@ def backbone_layer_names(backbone: str, image_size: int, width: int = 32) -> lis
     return [layer.name for layer in _backbone(backbone, image_size, "none", width).layers]
 
 
-def _load_weights(model: tf_keras.Model, path: str) -> None:
-    """Load full-model weights, reporting a mismatch as a UserError."""
+def _load_weights(model: tf_keras.Model, backbone: tf_keras.Model, path: str) -> None:
+    """Load a weights file into the whole model, or else into the backbone alone.
+
+    The whole model's weights come from an earlier run of this job; the backbone's alone are
+    what a pretrained download is (e.g. Keras' efficientnetb0_notop.h5 for an offline
+    machine), so the transfer recipe can start from a file instead of the internet.
+    """
     try:
         model.load_weights(path)
-    except (ValueError, OSError, tf.errors.OpError) as exc:
+        return
+    except (ValueError, OSError, tf.errors.OpError) as whole_model_error:
+        first_error = whole_model_error
+    try:
+        backbone.load_weights(path)
+        log.info("loaded %s into the backbone (the head starts from scratch)", path)
+    except (ValueError, OSError, tf.errors.OpError):
         raise UserError(
-            f"weights file {path!r} does not fit this model ({exc}); it must be saved from a "
-            "model with the same backbone, width, image size and number of classes"
-        ) from exc
+            f"weights file {path!r} fits neither this model nor its backbone ({first_error}); give a file "
+            "saved from a model with the same backbone, width, image size and number of classes, or a "
+            "backbone-only file such as Keras' *_notop.h5 for this backbone"
+        ) from first_error
 
 
 def build_model(
@@ -323,7 +338,7 @@ def build_model(
     model = tf_keras.Model(inputs, logits, name=f"multilabel_{backbone}")
 
     if weights not in WEIGHT_CHOICES:
-        _load_weights(model, weights)
+        _load_weights(model, base, weights)
     return model
 
 

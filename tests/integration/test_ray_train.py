@@ -318,3 +318,62 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------- transfer learning
+
+
+def test_transfer_preset_unfreezes_on_time_and_resumes_unfrozen_after_a_kill(data_bucket, tfrecord_data, tmp_path):
+    """configs/transfer-efficientnet.yaml on 2 workers, from a backbone-only weights file (what
+    a user without internet gives instead of `imagenet`): the head trains alone for 1 epoch,
+    the backbone unfreezes at epoch 2, a worker dies in epoch 4, and the restarted group
+    resumes unfrozen, on the same LR curve as an uninterrupted run."""
+    import tf_keras
+
+    from job.config import load_config
+    from job.training.schedules import learning_rate_for
+
+    weights = tmp_path / "efficientnetb0_notop.h5"
+    tf_keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(
+        str(weights)
+    )
+    overrides = [
+        f"model.weights={weights}",
+        "data.image_size=32",
+        "data.batch_size_per_worker=16",
+        "scaling.use_gpu=false",
+        "scaling.cpus_per_worker=1",
+        "scaling.max_failures=1",
+        "training.epochs=5",
+        "training.early_stopping_patience_epochs=0",
+        "transfer.frozen_epochs=1",
+        "telemetry.enabled=false",
+    ]
+    run = f"s3://{data_bucket}/runs/transfer"
+    marker = tmp_path / "killed"
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    result = run_cli(
+        "train", "--config", "transfer-efficientnet", "--data", tfrecord_data, "--output", run, *sets,
+        env={"JOB_FAULT_KILL": f"0:4:2:{marker}"}, timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    _assert_ok(result)
+    out = result.stdout + result.stderr
+    assert marker.exists(), "the fault was never injected"
+    resumed = [int(m) for m in re.findall(r"resuming from \S+ \(epoch (\d+) done", out)]
+    assert resumed and resumed[-1] in (2, 3), out[-3000:]  # a checkpoint after the unfreeze
+    # One unfreeze, at epoch 2; the resumed group was rebuilt unfrozen instead of unfreezing again.
+    assert re.findall(r"epoch (\d+): backbone unfrozen", out) == ["2"], out[-3000:]
+    history = _history(run)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
+    assert [row["backbone_frozen"] for row in history] == [True, False, False, False, False]
+    # The LR after the resume is the one an uninterrupted run has at that step: the cosine
+    # curve times the unfreeze factor (each row holds the LR the next step uses).
+    cfg = load_config("transfer-efficientnet", overrides)
+    steps = int(re.search(r"steps per epoch\s+(\d+)", out).group(1))
+    schedule = learning_rate_for(
+        cfg.training, steps, unfreeze_epoch=1, unfreeze_factor=cfg.transfer.learning_rate_factor
+    )
+    expected = [float(schedule(row["epoch"] * steps)) for row in history]
+    assert [row["learning_rate"] for row in history] == pytest.approx(expected, rel=1e-5)
+    metrics = storage.read_json(storage.join(run, "metrics.json"))
+    assert CONTRACT_KEYS <= set(metrics["test"])

@@ -232,8 +232,23 @@ def test_weights_round_trip(tmp_path):
 def test_mismatched_weights_file_is_a_user_error(tmp_path):
     path = str(tmp_path / "three.weights.h5")
     M.build_model("small_cnn", 3, 32).save_weights(path)
-    with pytest.raises(UserError, match="does not fit"):
+    with pytest.raises(UserError, match="fits neither this model nor its backbone"):
         M.build_model("small_cnn", NUM_CLASSES, 32, weights=path)
+
+
+def test_a_backbone_only_file_loads_into_the_backbone(tmp_path):
+    """A pretrained download (like Keras' *_notop.h5) has the backbone's weights alone."""
+    path = str(tmp_path / "notop.h5")
+    source = M.build_model("mobilenet_v3_small", 3, 32, seed=1)
+    source.get_layer("MobilenetV3small").save_weights(path)
+    loaded = M.build_model("mobilenet_v3_small", NUM_CLASSES, 32, weights=path, seed=2)
+    for a, b in zip(
+        source.get_layer("MobilenetV3small").get_weights(), loaded.get_layer("MobilenetV3small").get_weights()
+    ):
+        np.testing.assert_array_equal(a, b)
+    fresh_head = M.build_model("mobilenet_v3_small", NUM_CLASSES, 32, seed=2).get_layer("logits").get_weights()
+    for a, b in zip(fresh_head, loaded.get_layer("logits").get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_compiled_model_saves_and_loads_as_keras_file(tmp_path):

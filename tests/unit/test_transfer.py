@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tf_keras
@@ -13,6 +15,7 @@ from job.training import transfer
 from job.training.schedules import current_learning_rate
 
 SIZE, K = 16, 3
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -102,3 +105,13 @@ def test_an_unknown_unfreeze_layer_is_refused_with_close_names():
     cfg = _cfg("transfer.unfreeze_from=block2_con")
     with pytest.raises(UserError, match="Close names: block2_conv"):
         transfer.check_transfer_options(cfg, M.backbone_layer_names("small_cnn", SIZE, 4))
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
+def test_every_preset_loads_and_its_recipe_fits_its_backbone(preset):
+    cfg = load_config(preset)
+    M.check_model_options(cfg.model.backbone, cfg.model.weights, cfg.data.image_size)
+    names = M.backbone_layer_names(cfg.model.backbone, cfg.data.image_size, cfg.model.width)
+    transfer.check_transfer_options(cfg, names)
+    text = (REPO / "configs" / f"{preset}.yaml").read_text()
+    assert f"--config {preset}" in text, "a preset starts with the command that runs it"
