@@ -1,4 +1,4 @@
-"""Recipe comparisons on the objects family: losses (BCE vs ASL) and LR schedules.
+"""Recipe comparisons on the objects family: backbones, augmentation, losses (BCE vs ASL), LR schedules.
 
     python -m bench.recipes [--workdir /tmp/multilabel-recipes] [--seeds 1 2] [--out docs/recipes.json]
 
@@ -23,6 +23,20 @@ import time
 IMBALANCED = [round(0.03 + i * (0.5 - 0.03) / 9, 3) for i in range(10)]
 
 COMPARISONS = {
+    "backbone": {
+        "data": "objects",
+        "runs": {
+            "small_cnn (3 blocks, the old default)": ["model.backbone=small_cnn"],
+            "small_vgg (the demo preset)": ["model.backbone=small_vgg"],
+        },
+    },
+    "augment": {
+        "data": "objects",
+        "runs": {
+            "none (the demo preset)": ["data.augment=[]"],
+            "flip_left_right, brightness, contrast": ["data.augment=[flip_left_right,brightness,contrast]"],
+        },
+    },
     "loss": {
         "data": "objects-imbalanced",
         "runs": {
@@ -99,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="/tmp/multilabel-recipes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--only", choices=sorted(COMPARISONS), nargs="+", default=sorted(COMPARISONS))
+    parser.add_argument("--only", choices=list(COMPARISONS), nargs="+", default=list(COMPARISONS))
     parser.add_argument("--out", default=None, help="Also write the raw figures here (JSON).")
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)

@@ -388,8 +388,15 @@ def describe_changes(config: Config) -> str:
             if values != defaults[section]:
                 changed.append(f"{section}={values}")
             continue
-        changed += [f"{section}.{key}={value}" for key, value in values.items() if value != defaults[section][key]]
+        changed += [
+            f"{section}.{key}={_as_text(value)}" for key, value in values.items() if value != defaults[section][key]
+        ]
     return " ".join(changed) or "(all defaults)"
+
+
+def _as_text(value: Any) -> str:
+    """A value as a user would type it after --set (a policy as [a,b], not a Python tuple)."""
+    return f"[{','.join(value)}]" if isinstance(value, tuple) else str(value)
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

@@ -30,6 +30,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # --config on the Ray head, so a key the job does not know would fail the RayJob).
 TRAINING_CONFIGS = [
     "configs/demo.yaml",
+    "configs/transfer-efficientnet.yaml",
+    "configs/transfer-inception.yaml",
     "k8s/base/train-config.yaml",
     "k8s/overlays/local/train-config.yaml",
 ]
@@ -59,7 +61,7 @@ def test_training_config_files_load(rel):
     assert isinstance(cfg, Config)
     # The file's values win over the defaults (each file sets the worker count and image size).
     assert cfg.scaling.num_workers == 2
-    assert cfg.data.image_size in (64, 224)
+    assert cfg.data.image_size in (64, 224, 299)
 
 
 def test_demo_preset_values_are_applied():
