@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 
 import tensorflow as tf
 import tf_keras
@@ -217,10 +218,13 @@ def _backbone(backbone: str, image_size: int, weights: str, width: int) -> tf_ke
     try:
         return _application(backbone, image_size, "imagenet")
     except Exception as exc:  # Keras raises a bare Exception on "URL fetch failure".
+        found = re.search(r"https?://\S+/([^/\s:]+\.h5)", str(exc))
+        file_name = found.group(1) if found else "the Keras *_notop.h5 file of this backbone"
         raise UserError(
             f"could not download ImageNet weights for {backbone!r} ({exc}); this machine may "
-            "have no internet access. Use weights=none, or a local weights file, or put the "
-            "Keras weights file in ~/.keras/models/"
+            f"have no internet access. Download {file_name} elsewhere and pass it as "
+            f"model.weights=PATH or s3://BUCKET/.../{file_name} (or put it in ~/.keras/models/), "
+            "or use weights=none"
         ) from exc
 
 

@@ -142,10 +142,14 @@ def test_imagenet_download_failure_is_a_user_error(monkeypatch):
     from tf_keras.src.utils import data_utils
 
     def offline(*args, **kwargs):
-        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- no network")
+        raise Exception(
+            "URL fetch failure on https://storage.googleapis.com/keras-applications/"
+            "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5: None -- no network"
+        )
 
     monkeypatch.setattr(data_utils, "get_file", offline)
-    with pytest.raises(UserError, match="weights=none"):
+    # The message names the file to fetch elsewhere and how to pass it.
+    with pytest.raises(UserError, match=r"pass it as model.weights=PATH.*no_top_v2\.h5"):
         M.build_model("mobilenet_v3_small", NUM_CLASSES, 32, weights="imagenet")
 
 
