@@ -33,8 +33,10 @@ COMPARISONS = {
     "augment": {
         "data": "objects",
         "runs": {
-            "none (the demo preset)": ["data.augment=[]"],
-            "flip_left_right, brightness, contrast": ["data.augment=[flip_left_right,brightness,contrast]"],
+            "none": ["data.augment=[]"],
+            "flip_left_right, brightness, contrast (the demo preset)": [
+                "data.augment=[flip_left_right,brightness,contrast]"
+            ],
         },
     },
     "loss": {
