@@ -54,6 +54,17 @@ def test_backbone_builds_at_minimum_size_and_outputs_float32_logits(backbone):
     gc.collect()
 
 
+@pytest.mark.parametrize("size, stages", [(32, 4), (64, 4), (128, 5), (256, 6)])
+def test_small_vgg_pools_down_to_about_8_px_at_any_size(size, stages):
+    assert M.small_vgg_stages(size) == stages
+    backbone = M.build_model("small_vgg", NUM_CLASSES, size, width=16).get_layer("small_vgg")
+    side = backbone.output_shape[1]
+    assert side == size // 2 ** (stages - 1) and side <= 8
+    # Widths double per stage and stop at 8x: the model stays CPU-sized.
+    assert backbone.output_shape[-1] == 16 * min(2 ** (stages - 1), 8)
+    assert backbone.count_params() < 1_500_000
+
+
 def test_small_cnn_is_small():
     assert M.build_model("small_cnn", NUM_CLASSES, 64, width=32).count_params() < 150_000
     assert M.build_model("small_cnn", NUM_CLASSES, 64, width=16).count_params() < 40_000
