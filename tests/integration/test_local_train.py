@@ -82,10 +82,12 @@ def test_dry_run_prints_the_plan_and_trains_nothing(data_dir, tmp_path):
             "--dry-run",
             "--set",
             "scaling.num_workers=2",
+            "--set",
+            "data.batch_size_per_worker=24",
             timeout=120,
         )
     )
-    for expected in ("run name          dry", "workers           2", "32 per worker, 64 global", "steps per epoch"):
+    for expected in ("run name          dry", "workers           2", "24 per worker, 48 global", "steps per epoch"):
         assert expected in out, out
     assert not (run / "config.json").exists()
 
