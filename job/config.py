@@ -47,6 +47,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DEFAULT_DRIVER_PORT = 9400
 DEFAULT_WORKER_PORT_BASE = 9401
 SCHEDULES = ("plateau", "constant", "cosine")
+# Ray placement group strategies for the worker group (ray.train.ScalingConfig.placement_strategy).
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 LOSSES = ("bce", "asymmetric")
 BACKBONES = (
     "small_vgg",
@@ -244,6 +246,11 @@ class ScalingConfig:
         1.0, "Logical CPUs kept free for Ray Data read tasks on a local Ray.", min=0.5, max=1024.0
     )
     max_failures: int = setting(1, "Worker-group restarts Ray Train may make before the run fails.", min=0, max=1000)
+    placement_strategy: str = setting(
+        "PACK",
+        "How Ray places the workers: PACK fills a node first; SPREAD puts each on its own node where it can.",
+        choices=PLACEMENT_STRATEGIES,
+    )
 
 
 @dataclass(frozen=True)

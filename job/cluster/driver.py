@@ -161,7 +161,12 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
             "config": config_to_dict(cfg),
             "plan": dataclasses.asdict(plan.for_workers()),
         },
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=s.placement_strategy,
+        ),
         run_config=RunConfig(
             # Ray Train writes checkpoints to storage_path/name: that must be the run folder itself.
             name=storage.basename(plan.run_uri),

@@ -222,6 +222,8 @@ def test_rayjob_cleans_up_and_retries(rendered, target):
     assert 0 < spec["ttlSecondsAfterFinished"] <= 24 * 3600
     assert spec["backoffLimit"] >= 1
     assert spec["submitterPodTemplate"]["spec"]["restartPolicy"] == "Never"
+    # A cluster that never starts (unpullable image, unschedulable pods) fails early.
+    assert 0 < spec["preRunningDeadlineSeconds"] < spec["activeDeadlineSeconds"]
 
 
 @pytest.mark.parametrize("target", TARGETS)

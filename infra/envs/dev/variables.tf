@@ -39,8 +39,8 @@ variable "system_instance_types" {
 
 variable "gpu_instance_types" {
   type        = list(string)
-  description = "Instance types of the GPU node group (cost: the main item of the bill)."
-  default     = ["g5.xlarge"]
+  description = "Instance types of the GPU node group (cost: the main item of the bill). Each must fit one Ray GPU worker pod (6 CPUs, 24 GiB, 1 GPU requested): g5.2xlarge or larger; g5.xlarge (4 vCPUs, 16 GiB) does not."
+  default     = ["g5.2xlarge"]
 }
 
 variable "gpu_capacity_type" {

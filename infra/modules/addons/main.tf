@@ -1,5 +1,7 @@
 # Cluster add-ons the job relies on: the KubeRay operator (RayJob), kube-prometheus-stack
-# (PodMonitor, PrometheusRule, Grafana) and the NVIDIA device plugin (nvidia.com/gpu).
+# (PodMonitor, PrometheusRule, Grafana) and the NVIDIA device plugin (nvidia.com/gpu) with
+# GPU feature discovery and node-feature-discovery. (The EKS managed add-ons, VPC CNI with
+# network policy included, are in infra/modules/eks.)
 
 resource "helm_release" "kuberay_operator" {
   name             = "kuberay-operator"
@@ -55,12 +57,7 @@ resource "helm_release" "nvidia_device_plugin" {
   create_namespace = true
   atomic           = true
 
-  values = [yamlencode({
-    nodeSelector = { "multilabel.io/pool" = "gpu" }
-    tolerations = [{
-      key      = "nvidia.com/gpu"
-      operator = "Exists"
-      effect   = "NoSchedule"
-    }]
-  })]
+  # On the GPU node group only, with GPU feature discovery and NFD labelling the nodes so
+  # that the chart's default node affinity admits them: see the values file.
+  values = [file("${path.module}/values/nvidia-device-plugin.yaml")]
 }

@@ -30,6 +30,6 @@ variable "prometheus_retention" {
 
 variable "nvidia_device_plugin_version" {
   type        = string
-  description = "Version of the NVIDIA device plugin Helm chart, which advertises nvidia.com/gpu on GPU nodes."
+  description = "Version of the NVIDIA device plugin Helm chart, which advertises nvidia.com/gpu on GPU nodes (with GPU feature discovery and NFD: values/nvidia-device-plugin.yaml, written against chart 0.17.x)."
   default     = "0.17.1"
 }

@@ -15,7 +15,7 @@ resource "aws_kms_key" "ecr" {
       Resource  = "*"
     }]
   })
-  tags                = var.tags
+  tags = var.tags
 }
 
 data "aws_caller_identity" "current" {}

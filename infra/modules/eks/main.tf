@@ -1,5 +1,6 @@
-# EKS control plane, its IAM OIDC provider (for IRSA), a CPU "system" node group and a
-# GPU node group on the NVIDIA AMI that scales from zero.
+# EKS control plane, its IAM OIDC provider (for IRSA), the EKS managed add-ons (VPC CNI with
+# network policy enforcement, kube-proxy, CoreDNS, Pod Identity agent, EBS CSI driver), a
+# CPU "system" node group and a GPU node group on the NVIDIA AMI that scales from zero.
 
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
@@ -48,7 +49,7 @@ resource "aws_kms_key" "secrets" {
     Version   = "2012-10-17"
     Statement = [local.account_administers_key]
   })
-  tags                = var.tags
+  tags = var.tags
 }
 
 resource "aws_cloudwatch_log_group" "cluster" {
@@ -80,7 +81,7 @@ resource "aws_kms_key" "logs" {
       },
     ]
   })
-  tags                = var.tags
+  tags = var.tags
 }
 
 resource "aws_eks_cluster" "this" {
@@ -132,6 +133,107 @@ resource "aws_iam_openid_connect_provider" "this" {
   tags            = var.tags
 }
 
+# --- EKS managed add-ons ----------------------------------------------------------------
+#
+# The add-ons an EKS cluster needs, managed by EKS (versions default to the one EKS
+# recommends for the cluster's Kubernetes version; pin them with var.addon_versions).
+# OVERWRITE takes over the self-managed vpc-cni, kube-proxy and CoreDNS that EKS installs
+# with a new cluster.
+#
+# The DaemonSet add-ons come before the node groups, so that the first nodes start with
+# them: vpc-cni with its network policy agent (without it the NetworkPolicies of k8s/base
+# are accepted but not enforced), kube-proxy and the Pod Identity agent. CoreDNS and the
+# EBS CSI controller are Deployments: they come after the nodes they run on.
+
+resource "aws_eks_addon" "vpc_cni" {
+  cluster_name                = aws_eks_cluster.this.name
+  addon_name                  = "vpc-cni"
+  addon_version               = lookup(var.addon_versions, "vpc-cni", null)
+  resolve_conflicts_on_create = "OVERWRITE"
+  resolve_conflicts_on_update = "OVERWRITE"
+  # https://docs.aws.amazon.com/eks/latest/userguide/cni-network-policy-configure.html
+  configuration_values = jsonencode({
+    enableNetworkPolicy = "true"
+  })
+  tags = var.tags
+}
+
+resource "aws_eks_addon" "kube_proxy" {
+  cluster_name                = aws_eks_cluster.this.name
+  addon_name                  = "kube-proxy"
+  addon_version               = lookup(var.addon_versions, "kube-proxy", null)
+  resolve_conflicts_on_create = "OVERWRITE"
+  resolve_conflicts_on_update = "OVERWRITE"
+  tags                        = var.tags
+}
+
+resource "aws_eks_addon" "pod_identity_agent" {
+  cluster_name                = aws_eks_cluster.this.name
+  addon_name                  = "eks-pod-identity-agent"
+  addon_version               = lookup(var.addon_versions, "eks-pod-identity-agent", null)
+  resolve_conflicts_on_create = "OVERWRITE"
+  resolve_conflicts_on_update = "OVERWRITE"
+  tags                        = var.tags
+}
+
+resource "aws_eks_addon" "coredns" {
+  cluster_name                = aws_eks_cluster.this.name
+  addon_name                  = "coredns"
+  addon_version               = lookup(var.addon_versions, "coredns", null)
+  resolve_conflicts_on_create = "OVERWRITE"
+  resolve_conflicts_on_update = "OVERWRITE"
+  tags                        = var.tags
+
+  depends_on = [aws_eks_node_group.system]
+}
+
+# The EBS CSI driver (persistent volumes, e.g. for Prometheus) calls the EC2 API with its
+# own role, given to its controller's ServiceAccount through EKS Pod Identity.
+data "aws_iam_policy_document" "pod_identity_assume" {
+  statement {
+    actions = ["sts:AssumeRole", "sts:TagSession"]
+    principals {
+      type        = "Service"
+      identifiers = ["pods.eks.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "ebs_csi" {
+  name               = "${var.cluster_name}-ebs-csi"
+  assume_role_policy = data.aws_iam_policy_document.pod_identity_assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy_attachment" "ebs_csi" {
+  role       = aws_iam_role.ebs_csi.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
+}
+
+resource "aws_eks_pod_identity_association" "ebs_csi" {
+  cluster_name    = aws_eks_cluster.this.name
+  namespace       = "kube-system"
+  service_account = "ebs-csi-controller-sa"
+  role_arn        = aws_iam_role.ebs_csi.arn
+  tags            = var.tags
+}
+
+resource "aws_eks_addon" "ebs_csi" {
+  cluster_name                = aws_eks_cluster.this.name
+  addon_name                  = "aws-ebs-csi-driver"
+  addon_version               = lookup(var.addon_versions, "aws-ebs-csi-driver", null)
+  resolve_conflicts_on_create = "OVERWRITE"
+  resolve_conflicts_on_update = "OVERWRITE"
+  tags                        = var.tags
+
+  depends_on = [
+    aws_eks_node_group.system,
+    aws_eks_addon.pod_identity_agent,
+    aws_eks_pod_identity_association.ebs_csi,
+    aws_iam_role_policy_attachment.ebs_csi,
+  ]
+}
+
 # --- nodes -----------------------------------------------------------------------------
 
 data "aws_iam_policy_document" "node_assume" {
@@ -181,8 +283,13 @@ resource "aws_eks_node_group" "system" {
     "multilabel.io/pool" = "system"
   }
 
-  tags       = var.tags
-  depends_on = [aws_iam_role_policy_attachment.node]
+  tags = var.tags
+  depends_on = [
+    aws_iam_role_policy_attachment.node,
+    aws_eks_addon.vpc_cni,
+    aws_eks_addon.kube_proxy,
+    aws_eks_addon.pod_identity_agent,
+  ]
 }
 
 # Ray GPU workers. The NVIDIA AMI brings the driver and container toolkit; the device
@@ -216,10 +323,15 @@ resource "aws_eks_node_group" "gpu" {
 
   # Lets a cluster autoscaler scale this group up from zero nodes.
   tags = merge(var.tags, {
-    "k8s.io/cluster-autoscaler/enabled"                               = "true"
-    "k8s.io/cluster-autoscaler/${var.cluster_name}"                   = "owned"
+    "k8s.io/cluster-autoscaler/enabled"                                = "true"
+    "k8s.io/cluster-autoscaler/${var.cluster_name}"                    = "owned"
     "k8s.io/cluster-autoscaler/node-template/label/multilabel.io/pool" = "gpu"
     "k8s.io/cluster-autoscaler/node-template/taint/nvidia.com/gpu"     = "true:NoSchedule"
   })
-  depends_on = [aws_iam_role_policy_attachment.node]
+  depends_on = [
+    aws_iam_role_policy_attachment.node,
+    aws_eks_addon.vpc_cni,
+    aws_eks_addon.kube_proxy,
+    aws_eks_addon.pod_identity_agent,
+  ]
 }

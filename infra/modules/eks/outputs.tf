@@ -27,3 +27,16 @@ output "node_role_arn" {
   description = "ARN of the node role (pulls from ECR)."
   value       = aws_iam_role.node.arn
 }
+
+output "addons" {
+  description = "EKS managed add-ons and their versions (vpc-cni runs with network policy enforcement on)."
+  value = {
+    for a in [
+      aws_eks_addon.vpc_cni,
+      aws_eks_addon.kube_proxy,
+      aws_eks_addon.coredns,
+      aws_eks_addon.pod_identity_agent,
+      aws_eks_addon.ebs_csi,
+    ] : a.addon_name => a.addon_version
+  }
+}

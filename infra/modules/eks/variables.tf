@@ -50,8 +50,8 @@ variable "system_node_max_size" {
 
 variable "gpu_instance_types" {
   type        = list(string)
-  description = "Instance types of the GPU node group; the largest cost item (g5.xlarge: 1 A10G GPU)."
-  default     = ["g5.xlarge"]
+  description = "Instance types of the GPU node group; the largest cost item (g5.2xlarge: 1 A10G GPU, 8 vCPUs, 32 GiB). Every type must fit the RayJob's GPU worker pod (tests/deploy/test_capacity.py, infra/instance_types.yaml)."
+  default     = ["g5.2xlarge"]
 }
 
 variable "gpu_capacity_type" {
@@ -81,6 +81,12 @@ variable "gpu_disk_size_gib" {
   type        = number
   description = "Root volume of each GPU node in GiB (the CUDA image is several GB)."
   default     = 100
+}
+
+variable "addon_versions" {
+  type        = map(string)
+  description = "Versions of the EKS managed add-ons by name (vpc-cni, kube-proxy, coredns, eks-pod-identity-agent, aws-ebs-csi-driver); a name left out gets the version EKS recommends for the cluster's Kubernetes version."
+  default     = {}
 }
 
 variable "log_retention_days" {

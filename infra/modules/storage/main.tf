@@ -19,7 +19,7 @@ resource "aws_kms_key" "bucket" {
       Resource  = "*"
     }]
   })
-  tags                    = var.tags
+  tags = var.tags
 }
 
 resource "aws_kms_alias" "bucket" {
