@@ -14,7 +14,6 @@ from job.storage.client import (
     S3Settings,
     _error_code,
     _has_credentials,
-    _missing_bucket_error,
     _no_credentials_error,
     _probe_client,
     _resolved,
@@ -89,13 +88,11 @@ def check_access(uri: str, write: bool = False) -> None:
         raise _no_credentials_error(uri, "access", settings)
     client = _probe_client()
     with _s3_errors(uri, "access"):
-        try:
-            client.head_bucket(Bucket=bucket)
-        except Exception as exc:  # noqa: BLE001 - HEAD has no body, so map 404 ourselves
-            if _error_code(exc) in _NOT_FOUND_CODES | {"NoSuchBucket"}:
-                raise _missing_bucket_error(uri, "access", bucket, settings) from exc
-            raise
-        listing = client.list_objects_v2(Bucket=bucket, Prefix=f"{key}/" if key else "", MaxKeys=1)
+        # A listing under the URI's own prefix, not HeadBucket: it tells a missing bucket
+        # (NoSuchBucket) and a refusal apart just as well, and IAM authorises HeadBucket as
+        # a bucket-wide s3:ListBucket, which a policy scoped to the data and run prefixes
+        # rightly refuses (tests/integration/test_iam_requests.py).
+        listing = client.list_objects_v2(Bucket=bucket, MaxKeys=1, **({"Prefix": f"{key}/"} if key else {}))
         if not write and key and listing.get("KeyCount", 0) == 0:
             _require_object(client, bucket, key, uri)
     if write:

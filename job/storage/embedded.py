@@ -7,14 +7,23 @@ workers reach it over HTTP through the environment that ``use_embedded_s3`` sets
 Start it only when no ``S3_ENDPOINT_URL`` is configured; that decision belongs to the
 caller (the CLI's ``demo`` / ``--local`` paths), never to this module. It is not for
 production data.
+
+It can also log every HTTP request it receives (``record=``, or the file named by
+``EMBEDDED_S3_REQUEST_LOG``): the request-level IAM check (tests/iam_policy.py) judges what a
+run asked of S3 against the job's IAM policy, which moto itself does not enforce. Off by
+default; when off, the server is moto's, unchanged.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
+from urllib.parse import parse_qs
 
 from job.errors import UserError
 from job.storage.access import ensure_bucket
@@ -24,6 +33,8 @@ _START_TIMEOUT_SECONDS = 15
 # moto accepts any credentials; these are placeholders, not secrets.
 _DUMMY_KEY = "embedded"
 _REGION = "us-east-1"
+# Names a JSONL file that start() appends one line per request to, when no record= is given.
+REQUEST_LOG_ENV = "EMBEDDED_S3_REQUEST_LOG"
 
 
 class EmbeddedS3:
@@ -88,19 +99,80 @@ def _server_class():
                     f"one), or set S3_ENDPOINT_URL to use a running server."
                 )
 
+        def record_requests(self, sink: list | str | os.PathLike) -> None:
+            """Log every later request to ``sink`` (see ``_RequestLog``); call it right after start()."""
+            # werkzeug's request handler calls ``server.app`` per request, so wrapping it here
+            # leaves moto's app and server set-up as they are.
+            self._server.app = _RequestLog(self._server.app, sink)
+
     return _Server
 
 
-def start(port: int = 0, host: str = "127.0.0.1") -> EmbeddedS3:
+class _RequestLog:
+    """WSGI middleware: records each request, then lets moto answer it unchanged.
+
+    One record per request: ``method``, ``path`` (URL-decoded, so ``/bucket/key`` for the
+    path-style requests boto3 and pyarrow send to an IP endpoint), ``query`` (the raw query
+    string), ``host``, ``copy_source`` (the ``x-amz-copy-source`` header, CopyObject and
+    UploadPartCopy only), ``body`` (DeleteObjects only: its XML names the deleted keys) and
+    ``status``. ``sink`` is a list (records appended as dicts) or a file path (one JSON object
+    per line, appended).
+    """
+
+    def __init__(self, app, sink: list | str | os.PathLike):
+        self._app = app
+        self._lock = threading.Lock()
+        self._write: Callable[[dict], None] = sink.append if isinstance(sink, list) else self._file_writer(sink)
+
+    def _file_writer(self, path: str | os.PathLike) -> Callable[[dict], None]:
+        def write(record: dict) -> None:
+            with self._lock, open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+        return write
+
+    def __call__(self, environ, start_response):
+        query = environ.get("QUERY_STRING", "")
+        record = {
+            "method": environ["REQUEST_METHOD"],
+            # WSGI hands the path over as latin-1 text of the raw bytes.
+            "path": environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace"),
+            "query": query,
+            "host": environ.get("HTTP_HOST", ""),
+        }
+        if environ.get("HTTP_X_AMZ_COPY_SOURCE"):
+            record["copy_source"] = environ["HTTP_X_AMZ_COPY_SOURCE"]
+        if record["method"] == "POST" and "delete" in parse_qs(query, keep_blank_values=True):
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(body)
+            record["body"] = body.decode("utf-8", "replace")
+
+        def recording_start_response(status, headers, exc_info=None):
+            record["status"] = int(status.split(None, 1)[0])
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self._app(environ, recording_start_response)
+        finally:
+            self._write(record)
+
+
+def start(port: int = 0, host: str = "127.0.0.1", record: list | str | os.PathLike | None = None) -> EmbeddedS3:
     """Start an embedded S3 server on ``host:port`` (port 0 picks a free port).
 
-    The server binds the port itself, so port 0 has no find-then-bind race.
+    The server binds the port itself, so port 0 has no find-then-bind race. ``record``: log
+    every HTTP request the server receives to this list or JSONL file (see ``_RequestLog``);
+    by default to the file named by ``EMBEDDED_S3_REQUEST_LOG``, if that is set.
     """
     _check_port_free(host, port)
     # werkzeug logs every request to stderr; that would bury the job's own log lines.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = _server_class()(ip_address=host, port=port, verbose=False)
     server.start()
+    if record is None:
+        record = os.environ.get(REQUEST_LOG_ENV) or None
+    if record is not None:
+        server.record_requests(record)
     bound_host, bound_port = server.get_host_and_port()
     return EmbeddedS3(server, f"http://{bound_host}:{bound_port}")
 
@@ -126,15 +198,16 @@ def _check_port_free(host: str, port: int) -> None:
             ) from exc
 
 
-def use_embedded_s3(bucket: str | None = None) -> EmbeddedS3:
+def use_embedded_s3(bucket: str | None = None, record: list | str | os.PathLike | None = None) -> EmbeddedS3:
     """Start a server and point this process and its children (Ray workers) at it.
 
     Sets ``S3_ENDPOINT_URL``, dummy ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``
     ("embedded"; moto accepts any) and ``AWS_REGION=us-east-1``; removes
     ``AWS_SESSION_TOKEN`` and ``AWS_PROFILE``. ``stop()`` restores the previous environment. Creates
-    ``bucket`` if given. Call it only when no ``S3_ENDPOINT_URL`` is configured.
+    ``bucket`` if given. ``record`` is passed to ``start``. Call it only when no ``S3_ENDPOINT_URL``
+    is configured.
     """
-    server = start()
+    server = start(record=record)
     values = {
         "S3_ENDPOINT_URL": server.endpoint_url,
         # A profile could take precedence over the dummy keys in some AWS tools.

@@ -28,6 +28,9 @@ data "aws_iam_policy_document" "trust" {
 
 data "aws_iam_policy_document" "job" {
   # Listing is needed to find shards and the newest checkpoint; only under the two prefixes.
+  # A request without a prefix (HeadBucket, a bucket-wide listing) has no s3:prefix key, and
+  # StringLike on an absent key is false, so this statement never allows it: the job sends
+  # none (tests/integration/test_iam_requests.py records every request of a run).
   statement {
     sid       = "ListDatasetsAndRuns"
     actions   = ["s3:ListBucket"]
