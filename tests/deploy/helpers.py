@@ -62,3 +62,17 @@ def all_pod_templates(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, A
 def containers(template: dict[str, Any]) -> list[dict[str, Any]]:
     spec = template["spec"]
     return list(spec.get("initContainers", [])) + list(spec.get("containers", []))
+
+
+def tolerates(tolerations: list[dict[str, Any]] | None, taint: dict[str, str]) -> bool:
+    """Whether a pod with `tolerations` may run on a node with `taint` (Kubernetes' matching:
+    the effect must match when given; Exists matches the key, or every key when it has none;
+    Equal matches key and value)."""
+    for t in tolerations or []:
+        if t.get("effect") and t["effect"] != taint["effect"]:
+            continue
+        if t.get("operator", "Equal") == "Exists" and t.get("key") in (None, "", taint["key"]):
+            return True
+        if t.get("key") == taint["key"] and t.get("value", "") == taint["value"]:
+            return True
+    return False

@@ -17,7 +17,7 @@ from typing import Any
 import hcl2
 import yaml
 
-from .helpers import REPO
+from .helpers import REPO, tolerates
 
 ADDONS = REPO / "infra" / "modules" / "addons"
 EKS = REPO / "infra" / "modules" / "eks"
@@ -119,17 +119,6 @@ def _matches(expr: dict[str, Any], labels: dict[str, str]) -> bool:
     raise AssertionError(f"operator {op} not modelled")
 
 
-def _tolerated(tolerations: list[dict[str, Any]], taint: dict[str, str]) -> bool:
-    for t in tolerations or []:
-        if t.get("effect") and t["effect"] != taint["effect"]:
-            continue
-        if t.get("operator", "Equal") == "Exists" and t.get("key") in (None, "", taint["key"]):
-            return True
-        if t.get("key") == taint["key"] and t.get("value", "") == taint["value"]:
-            return True
-    return False
-
-
 def schedules(pod: dict[str, Any], node: dict[str, Any]) -> bool:
     """Would the scheduler put this pod (nodeSelector, affinity, tolerations) on the node?"""
     labels = node["labels"]
@@ -140,7 +129,7 @@ def schedules(pod: dict[str, Any], node: dict[str, Any]) -> bool:
         all(_matches(e, labels) for e in term.get("matchExpressions", [])) for term in required["nodeSelectorTerms"]
     ):
         return False
-    return all(_tolerated(pod.get("tolerations"), t) for t in node["taints"] if t["effect"] != "PreferNoSchedule")
+    return all(tolerates(pod.get("tolerations"), t) for t in node["taints"] if t["effect"] != "PreferNoSchedule")
 
 
 def gpu_node(name: str = "gpu") -> dict[str, Any]:

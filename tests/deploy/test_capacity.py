@@ -21,7 +21,7 @@ import yaml
 
 from job import config
 
-from .helpers import OVERLAYS, REPO, TARGETS, objects, one, pod_templates
+from .helpers import OVERLAYS, REPO, TARGETS, objects, one, pod_templates, tolerates
 
 TABLE_PATH = REPO / "infra" / "instance_types.yaml"
 EKS_MODULE = REPO / "infra" / "modules" / "eks"
@@ -251,17 +251,6 @@ def group_for(node_selector: dict[str, str]) -> tuple[str, dict[str, Any]]:
     ]
     assert len(matches) == 1, f"nodeSelector {node_selector} matches node groups {[n for n, _ in matches]}"
     return matches[0]
-
-
-def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, str]) -> bool:
-    for t in tolerations:
-        if t.get("effect") and t["effect"] != taint["effect"]:
-            continue
-        if t.get("operator", "Equal") == "Exists" and t.get("key") in (None, "", taint["key"]):
-            return True
-        if t.get("key") == taint["key"] and t.get("value", "") == taint["value"]:
-            return True
-    return False
 
 
 # ---------------------------------------------------------------------------- pods
