@@ -423,7 +423,7 @@ def test_network_policy_limits_ray_and_metrics_ports(rendered, target):
     ]
     assert len(from_monitoring) == 1
     ports = from_monitoring[0]["ports"]
-    assert [(p["port"], p.get("endPort", p["port"])) for p in ports] == [(9400, 9409)]
+    assert [(p["port"], p.get("endPort", p["port"])) for p in ports] == [(9400, 9409), (8080, 8080)]
     # Anything from another namespace is limited to named ports.
     for rule in rules:
         if any("namespaceSelector" in p for p in rule["from"]):
@@ -437,14 +437,27 @@ def test_podmonitor_finds_the_metrics_ports(rendered, target):
     rayjob = one(docs, "RayJob")
     cluster = rayjob["spec"]["rayClusterSpec"]
     head = cluster["headGroupSpec"]["template"]
-    ports = {p["name"]: p["containerPort"] for p in head["spec"]["containers"][0]["ports"]}
-    for group in cluster["workerGroupSpecs"]:
-        assert _selects(monitor["spec"]["selector"], group["template"]["metadata"]["labels"])
-        ports.update({p["name"]: p["containerPort"] for p in group["template"]["spec"]["containers"][0]["ports"]})
-    assert _selects(monitor["spec"]["selector"], head["metadata"]["labels"])
+    templates = [head] + [group["template"] for group in cluster["workerGroupSpecs"]]
     scraped = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
-    assert scraped <= set(ports), f"PodMonitor scrapes ports {scraped - set(ports)} no Ray pod declares"
-    assert {ports[name] for name in scraped} >= {9400, 9401}
+    served: dict[str, set[int]] = {}
+    for template in templates:
+        assert _selects(monitor["spec"]["selector"], template["metadata"]["labels"])
+        declared = template["spec"]["containers"][0].get("ports", [])
+        # The job must leave the name `metrics` to KubeRay, which adds it (8080, Ray's own
+        # metrics) to every Ray container that has no port of that name.
+        assert "metrics" not in {p["name"] for p in declared}, "a job port named `metrics` hides Ray's metrics"
+        for port in _with_kuberay_metrics_port(declared):
+            served.setdefault(port["name"], set()).add(port["containerPort"])
+    assert scraped <= set(served), f"PodMonitor scrapes ports {scraped - set(served)} no Ray pod has"
+    assert set().union(*(served[name] for name in scraped)) >= {9400, 9401, 8080}
+
+
+def _with_kuberay_metrics_port(ports: list[dict]) -> list[dict]:
+    """A Ray container's ports as KubeRay creates the pod: a `metrics` port (8080) added when
+    none has that name (ray-operator/controllers/ray/common/pod.go, DefaultMetricsPort)."""
+    if any(p["name"] == "metrics" for p in ports):
+        return ports
+    return [*ports, {"name": "metrics", "containerPort": 8080}]
 
 
 # ------------------------------------------------------------------------------ overlays' docs

@@ -387,7 +387,8 @@ def test_podmonitor_selects_the_job_pods_on_the_documented_port_names():
     pm = yaml.safe_load(POD_MONITOR.read_text())
     assert pm["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "multilabel-job"}
     endpoints = {e["port"]: e for e in pm["spec"]["podMetricsEndpoints"]}
-    assert set(endpoints) == {"metrics", "driver-metrics"}
+    # train-metrics / driver-metrics: the job's; metrics: Ray's own, on the port KubeRay adds.
+    assert set(endpoints) == {"train-metrics", "driver-metrics", "metrics"}
     assert all(e["path"] == "/metrics" for e in endpoints.values())
     assert all(len(name) <= 15 for name in endpoints)  # Kubernetes port-name limit
 
