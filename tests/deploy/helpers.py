@@ -76,3 +76,12 @@ def tolerates(tolerations: list[dict[str, Any]] | None, taint: dict[str, str]) -
         if t.get("key") == taint["key"] and t.get("value", "") == taint["value"]:
             return True
     return False
+
+
+def unquote(value: Any) -> Any:
+    """python-hcl2 keeps the quotes of string literals (and of keys): drop them, in lists too."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    if isinstance(value, list):
+        return [unquote(v) for v in value]
+    return value

@@ -17,7 +17,7 @@ from typing import Any
 import hcl2
 import yaml
 
-from .helpers import REPO, tolerates
+from .helpers import REPO, tolerates, unquote
 
 ADDONS = REPO / "infra" / "modules" / "addons"
 EKS = REPO / "infra" / "modules" / "eks"
@@ -73,19 +73,15 @@ NFD_GPU_LABEL = ("feature.node.kubernetes.io/pci-10de.present", "true")
 GFD_GPU_LABEL = ("nvidia.com/gpu.present", "true")
 
 
-def _s(value: Any) -> Any:
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    if isinstance(value, list):
-        return [_s(v) for v in value]
-    return value
-
-
 def _resources(path, typ: str) -> dict[str, dict[str, Any]]:
     with path.open() as f:
         doc = hcl2.load(f)
     return {
-        _s(n): b for e in doc.get("resource", []) for t, named in e.items() if _s(t) == typ for n, b in named.items()
+        unquote(n): b
+        for e in doc.get("resource", [])
+        for t, named in e.items()
+        if unquote(t) == typ
+        for n, b in named.items()
     }
 
 
@@ -135,14 +131,14 @@ def schedules(pod: dict[str, Any], node: dict[str, Any]) -> bool:
 def gpu_node(name: str = "gpu") -> dict[str, Any]:
     """A fresh node of an infra/modules/eks node group: its labels (plus EKS's own) and taints."""
     group = _resources(EKS / "main.tf", "aws_eks_node_group")[name]
-    labels = {_s(k): _s(v) for k, v in group.get("labels", {}).items()}
+    labels = {unquote(k): unquote(v) for k, v in group.get("labels", {}).items()}
     labels["eks.amazonaws.com/nodegroup"] = name
     effects = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
     taints = [
-        {"key": _s(t["key"]), "value": _s(t.get("value", "")), "effect": effects[_s(t["effect"])]}
+        {"key": unquote(t["key"]), "value": unquote(t.get("value", "")), "effect": effects[unquote(t["effect"])]}
         for t in group.get("taint", [])
     ]
-    return {"labels": labels, "taints": taints, "has_nvidia_pci_device": "NVIDIA" in _s(group["ami_type"])}
+    return {"labels": labels, "taints": taints, "has_nvidia_pci_device": "NVIDIA" in unquote(group["ami_type"])}
 
 
 def device_plugin_lands(values: dict[str, Any], node: dict[str, Any]) -> tuple[bool, dict[str, str]]:
@@ -169,7 +165,9 @@ def device_plugin_lands(values: dict[str, Any], node: dict[str, Any]) -> tuple[b
 
 def _device_plugin_release() -> dict[str, Any]:
     releases = [
-        b for b in _resources(ADDONS / "main.tf", "helm_release").values() if _s(b["chart"]) == "nvidia-device-plugin"
+        b
+        for b in _resources(ADDONS / "main.tf", "helm_release").values()
+        if unquote(b["chart"]) == "nvidia-device-plugin"
     ]
     assert len(releases) == 1
     return releases[0]
@@ -180,8 +178,8 @@ def test_device_plugin_values_come_from_the_checked_file():
     assert values == ['${file("${path.module}/values/nvidia-device-plugin.yaml")}'], values
     # The chart defaults above are 0.17.x's: a new chart version must be re-read before use.
     with (ADDONS / "variables.tf").open() as f:
-        variables = {_s(n): b for e in hcl2.load(f)["variable"] for n, b in e.items()}
-    assert _s(variables["nvidia_device_plugin_version"]["default"]).startswith("0.17.")
+        variables = {unquote(n): b for e in hcl2.load(f)["variable"] for n, b in e.items()}
+    assert unquote(variables["nvidia_device_plugin_version"]["default"]).startswith("0.17.")
 
 
 def test_device_plugin_lands_on_the_gpu_node_group():
@@ -222,15 +220,15 @@ def _hcl_object(expr: str) -> dict[str, Any]:
 
 
 def test_eks_managed_addons_with_network_policy_enforcement():
-    addons = {_s(b["addon_name"]): b for b in _resources(EKS / "main.tf", "aws_eks_addon").values()}
+    addons = {unquote(b["addon_name"]): b for b in _resources(EKS / "main.tf", "aws_eks_addon").values()}
     assert set(addons) >= {"vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws-ebs-csi-driver"}
     # Without the VPC CNI's network policy agent, k8s/base's NetworkPolicies are not enforced.
     cni = _hcl_object(addons["vpc-cni"]["configuration_values"])
     assert cni.get("enableNetworkPolicy") == "true", cni
     for name, addon in addons.items():
-        assert _s(addon["resolve_conflicts_on_create"]) == "OVERWRITE", name
+        assert unquote(addon["resolve_conflicts_on_create"]) == "OVERWRITE", name
     # The EBS CSI controller gets an IAM role (Pod Identity), and the nodes start with the CNI.
     associations = _resources(EKS / "main.tf", "aws_eks_pod_identity_association")
-    assert any(_s(a["service_account"]) == "ebs-csi-controller-sa" for a in associations.values())
+    assert any(unquote(a["service_account"]) == "ebs-csi-controller-sa" for a in associations.values())
     for name, group in _resources(EKS / "main.tf", "aws_eks_node_group").items():
         assert "${aws_eks_addon.vpc_cni}" in group.get("depends_on", []), f"node group {name} may start before vpc-cni"

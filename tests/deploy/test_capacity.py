@@ -21,7 +21,7 @@ import yaml
 
 from job import config
 
-from .helpers import OVERLAYS, REPO, TARGETS, objects, one, pod_templates, tolerates
+from .helpers import OVERLAYS, REPO, TARGETS, objects, one, pod_templates, tolerates, unquote
 
 TABLE_PATH = REPO / "infra" / "instance_types.yaml"
 EKS_MODULE = REPO / "infra" / "modules" / "eks"
@@ -168,22 +168,13 @@ def local_node() -> Node:
 # ---------------------------------------------------------------------------- node groups (HCL)
 
 
-def _s(value: Any) -> Any:
-    """python-hcl2 keeps the quotes of string literals (and of keys): drop them."""
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    if isinstance(value, list):
-        return [_s(v) for v in value]
-    return value
-
-
 def _load(path: Path) -> dict[str, Any]:
     with path.open() as f:
         return hcl2.load(f)
 
 
 def _variables(folder: Path) -> dict[str, Any]:
-    return {_s(n): b for e in _load(folder / "variables.tf").get("variable", []) for n, b in e.items()}
+    return {unquote(n): b for e in _load(folder / "variables.tf").get("variable", []) for n, b in e.items()}
 
 
 def _var_ref(expr: Any) -> str | None:
@@ -196,23 +187,23 @@ def resolve(expr: Any) -> list[tuple[str, Any]]:
     dev environment's default, the module's own default, and terraform.tfvars.example."""
     name = _var_ref(expr)
     if name is None:
-        return [("literal", _s(expr))]
+        return [("literal", unquote(expr))]
     module_vars = _variables(EKS_MODULE)
-    eks_args = next(b for e in _load(DEV_ENV / "main.tf")["module"] for n, b in e.items() if _s(n) == "eks")
+    eks_args = next(b for e in _load(DEV_ENV / "main.tf")["module"] for n, b in e.items() if unquote(n) == "eks")
     out = []
     if "default" in module_vars.get(name, {}):
-        out.append((f"infra/modules/eks var.{name} default", _s(module_vars[name]["default"])))
+        out.append((f"infra/modules/eks var.{name} default", unquote(module_vars[name]["default"])))
     if name in eks_args:
         env_name = _var_ref(eks_args[name])
         if env_name is None:
-            out.append((f"infra/envs/dev module.eks.{name}", _s(eks_args[name])))
+            out.append((f"infra/envs/dev module.eks.{name}", unquote(eks_args[name])))
         else:
             env_var = _variables(DEV_ENV).get(env_name, {})
             if "default" in env_var:
-                out.append((f"infra/envs/dev var.{env_name} default", _s(env_var["default"])))
+                out.append((f"infra/envs/dev var.{env_name} default", unquote(env_var["default"])))
             example = _load(DEV_ENV / "terraform.tfvars.example")
             if env_name in example:
-                out.append((f"terraform.tfvars.example {env_name}", _s(example[env_name])))
+                out.append((f"terraform.tfvars.example {env_name}", unquote(example[env_name])))
     assert out, f"cannot resolve {expr} from infra/"
     return out
 
@@ -223,21 +214,21 @@ def node_groups() -> dict[str, dict[str, Any]]:
     groups = {}
     for entry in _load(EKS_MODULE / "main.tf")["resource"]:
         for typ, named in entry.items():
-            if _s(typ) != "aws_eks_node_group":
+            if unquote(typ) != "aws_eks_node_group":
                 continue
             for name, body in named.items():
                 types = sorted({t for _, value in resolve(body["instance_types"]) for t in value})
                 max_sizes = [int(v) for _, v in resolve(body["scaling_config"][0]["max_size"])]
                 taints = [
                     {
-                        "key": _s(t["key"]),
-                        "value": _s(t.get("value", "")),
-                        "effect": {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute"}.get(_s(t["effect"])),
+                        "key": unquote(t["key"]),
+                        "value": unquote(t.get("value", "")),
+                        "effect": {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute"}.get(unquote(t["effect"])),
                     }
                     for t in body.get("taint", [])
                 ]
-                groups[_s(name)] = {
-                    "labels": {_s(k): _s(v) for k, v in body.get("labels", {}).items()},
+                groups[unquote(name)] = {
+                    "labels": {unquote(k): unquote(v) for k, v in body.get("labels", {}).items()},
                     "instance_types": types,
                     "max_size": min(max_sizes),
                     "taints": [t for t in taints if t["effect"]],

@@ -9,17 +9,10 @@ from typing import Any
 
 import hcl2
 
-from .helpers import REPO
+from .helpers import REPO, unquote
 
 INFRA = REPO / "infra"
 TF_FILES = sorted(INFRA.rglob("*.tf"))
-
-
-def _s(value: Any) -> Any:
-    """python-hcl2 keeps the quotes of string literals: drop them."""
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -32,7 +25,7 @@ def _blocks(doc: dict[str, Any], kind: str) -> Iterator[tuple[str, str, dict[str
     for entry in doc.get(kind, []):
         for typ, named in entry.items():
             for name, body in named.items():
-                yield _s(typ), _s(name), body
+                yield unquote(typ), unquote(name), body
 
 
 def _all(kind: str, typ: str) -> list[tuple[Path, str, dict[str, Any]]]:
@@ -56,9 +49,9 @@ def test_every_variable_has_a_type_and_a_description():
         for entry in _load(path).get("variable", []):
             for name, body in entry.items():
                 count += 1
-                where = f"{path.relative_to(REPO)}: variable {_s(name)}"
+                where = f"{path.relative_to(REPO)}: variable {unquote(name)}"
                 assert body.get("type"), f"{where} has no type"
-                assert len(_s(body.get("description", "")).strip()) >= 10, f"{where} has no description"
+                assert len(unquote(body.get("description", "")).strip()) >= 10, f"{where} has no description"
     assert count >= 20
 
 
@@ -66,7 +59,7 @@ def test_every_output_has_a_description():
     for path in TF_FILES:
         for entry in _load(path).get("output", []):
             for name, body in entry.items():
-                assert _s(body.get("description", "")).strip(), f"{path}: output {_s(name)}"
+                assert unquote(body.get("description", "")).strip(), f"{path}: output {unquote(name)}"
 
 
 def _statements(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -78,10 +71,10 @@ def test_no_iam_policy_grants_s3_star_or_star_resources():
     assert documents
     for path, name, body in documents:
         for st in _statements(body):
-            if _s(st.get("effect", '"Allow"')) != "Allow":
+            if unquote(st.get("effect", '"Allow"')) != "Allow":
                 continue  # a Deny on s3:* (TLS-only bucket policy) takes rights away
-            actions = [_s(a) for a in st.get("actions", [])]
-            resources = [_s(r) for r in st.get("resources", [])]
+            actions = [unquote(a) for a in st.get("actions", [])]
+            resources = [unquote(r) for r in st.get("resources", [])]
             assert "s3:*" not in actions and "*" not in actions, f"{path}: {name} allows {actions}"
             assert "*" not in resources, f"{path}: {name} allows resource *"
     # Policies written as JSON (jsonencode) grant no S3 rights at all: only KMS key policies are.
@@ -94,9 +87,9 @@ def test_job_role_reads_datasets_and_writes_runs_only():
     ((path, _, body),) = [d for d in _all("data", "aws_iam_policy_document") if d[1] == "job"]
     by_action: dict[str, list[str]] = {}
     for st in _statements(body):
-        assert _s(st.get("effect", '"Allow"')) == "Allow"
+        assert unquote(st.get("effect", '"Allow"')) == "Allow"
         for action in st["actions"]:
-            by_action.setdefault(_s(action), []).extend(_s(r) for r in st["resources"])
+            by_action.setdefault(unquote(action), []).extend(unquote(r) for r in st["resources"])
     s3 = {a: r for a, r in by_action.items() if a.startswith("s3:")}
     assert set(s3) == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
     datasets, runs = "${var.bucket_arn}/${var.datasets_prefix}/*", "${var.bucket_arn}/${var.runs_prefix}/*"
@@ -104,14 +97,14 @@ def test_job_role_reads_datasets_and_writes_runs_only():
     for write in ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"):
         assert s3[write] == [runs], f"{write} reaches beyond the runs prefix: {s3[write]}"
     # ListBucket only under the two prefixes.
-    (listing,) = [st for st in _statements(body) if [_s(a) for a in st["actions"]] == ["s3:ListBucket"]]
+    (listing,) = [st for st in _statements(body) if [unquote(a) for a in st["actions"]] == ["s3:ListBucket"]]
     (cond,) = listing["condition"]
-    assert _s(cond["variable"]) == "s3:prefix" and _s(cond["test"]) == "StringLike"
-    assert {_s(v).split("/")[0] for v in cond["values"]} == {"${var.datasets_prefix}", "${var.runs_prefix}"}
+    assert unquote(cond["variable"]) == "s3:prefix" and unquote(cond["test"]) == "StringLike"
+    assert {unquote(v).split("/")[0] for v in cond["values"]} == {"${var.datasets_prefix}", "${var.runs_prefix}"}
     # Only the job's ServiceAccount may take the role.
     ((_, _, trust),) = [d for d in _all("data", "aws_iam_policy_document") if d[1] == "trust"]
-    subs = [c for st in _statements(trust) for c in st["condition"] if _s(c["variable"]).endswith(":sub")]
-    assert [_s(v) for v in subs[0]["values"]] == ["system:serviceaccount:${var.namespace}:${var.service_account}"]
+    subs = [c for st in _statements(trust) for c in st["condition"] if unquote(c["variable"]).endswith(":sub")]
+    assert [unquote(v) for v in subs[0]["values"]] == ["system:serviceaccount:${var.namespace}:${var.service_account}"]
 
 
 def test_bucket_is_encrypted_versioned_private_tls_only_and_expires_old_versions():
@@ -128,20 +121,21 @@ def test_bucket_is_encrypted_versioned_private_tls_only_and_expires_old_versions
     for flag in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"):
         assert pab[flag] is True, flag
     ((_, _, ver),) = _all("resource", "aws_s3_bucket_versioning")
-    assert _s(ver["versioning_configuration"][0]["status"]) == "Enabled"
+    assert unquote(ver["versioning_configuration"][0]["status"]) == "Enabled"
     ((_, _, sse),) = _all("resource", "aws_s3_bucket_server_side_encryption_configuration")
-    algo = _s(sse["rule"][0]["apply_server_side_encryption_by_default"][0]["sse_algorithm"])
+    algo = unquote(sse["rule"][0]["apply_server_side_encryption_by_default"][0]["sse_algorithm"])
     assert algo in ("aws:kms", "AES256")
     ((_, _, pol),) = [d for d in _all("data", "aws_iam_policy_document") if d[1] == "bucket"]
-    deny = [st for st in _statements(pol) if _s(st.get("effect")) == "Deny"]
+    deny = [st for st in _statements(pol) if unquote(st.get("effect")) == "Deny"]
     assert any(
-        _s(c["variable"]) == "aws:SecureTransport" and [_s(v) for v in c["values"]] == ["false"]
+        unquote(c["variable"]) == "aws:SecureTransport" and [unquote(v) for v in c["values"]] == ["false"]
         for st in deny
         for c in st["condition"]
     )
     ((_, _, life),) = _all("resource", "aws_s3_bucket_lifecycle_configuration")
     assert any(
-        "noncurrent_version_expiration" in rule and _s(rule["filter"][0]["prefix"]).startswith("${var.runs_prefix}")
+        "noncurrent_version_expiration" in rule
+        and unquote(rule["filter"][0]["prefix"]).startswith("${var.runs_prefix}")
         for rule in life["rule"]
     )
 
@@ -151,28 +145,28 @@ def test_cluster_has_oidc_a_cpu_group_and_a_gpu_group_from_zero():
     groups = {n: b for _, n, b in _all("resource", "aws_eks_node_group")}
     assert set(groups) == {"system", "gpu"}
     gpu = groups["gpu"]
-    assert "NVIDIA" in _s(gpu["ami_type"])
+    assert "NVIDIA" in unquote(gpu["ami_type"])
     assert gpu["scaling_config"][0]["min_size"] == 0
-    assert any(_s(t["key"]) == "nvidia.com/gpu" and _s(t["effect"]) == "NO_SCHEDULE" for t in gpu["taint"])
-    assert "NVIDIA" not in _s(groups["system"]["ami_type"])
+    assert any(unquote(t["key"]) == "nvidia.com/gpu" and unquote(t["effect"]) == "NO_SCHEDULE" for t in gpu["taint"])
+    assert "NVIDIA" not in unquote(groups["system"]["ami_type"])
 
 
 def test_addons_install_kuberay_and_kube_prometheus_stack():
-    charts = {_s(b["chart"]): b for _, _, b in _all("resource", "helm_release")}
+    charts = {unquote(b["chart"]): b for _, _, b in _all("resource", "helm_release")}
     assert {"kuberay-operator", "kube-prometheus-stack", "nvidia-device-plugin"} <= set(charts)
     for chart in charts.values():
-        assert _s(chart["version"]).startswith("${var."), "chart versions are variables, pinned by default"
+        assert unquote(chart["version"]).startswith("${var."), "chart versions are variables, pinned by default"
 
 
 def test_dev_outputs_feed_the_aws_overlay():
-    outputs = {_s(n) for e in _load(INFRA / "envs/dev/outputs.tf")["output"] for n in e}
+    outputs = {unquote(n) for e in _load(INFRA / "envs/dev/outputs.tf")["output"] for n in e}
     assert {"job_role_arn", "bucket_name", "ecr_repository_url", "region"} <= outputs
     readme = (REPO / "k8s/overlays/aws/README.md").read_text()
     for name in ("job_role_arn", "bucket_name", "ecr_repository_url"):
         assert f"output -raw {name}" in readme, f"the aws overlay README does not use output {name}"
-    modules = {_s(n): b for e in _load(INFRA / "envs/dev/main.tf")["module"] for n, b in e.items()}
+    modules = {unquote(n): b for e in _load(INFRA / "envs/dev/main.tf")["module"] for n, b in e.items()}
     for name, body in modules.items():
-        assert (INFRA / "envs/dev" / _s(body["source"])).resolve().is_dir(), name
+        assert (INFRA / "envs/dev" / unquote(body["source"])).resolve().is_dir(), name
     # The role trusts the ServiceAccount the manifests use.
-    assert _s(modules["irsa"]["namespace"]) == "multilabel"
-    assert _s(modules["irsa"]["service_account"]) == "multilabel-job"
+    assert unquote(modules["irsa"]["namespace"]) == "multilabel"
+    assert unquote(modules["irsa"]["service_account"]) == "multilabel-job"
