@@ -101,7 +101,7 @@ def check_model_options(backbone: str, weights: str, image_size: int) -> None:
     if weights not in WEIGHT_CHOICES and not _is_remote(weights) and not _weights_file_exists(weights):
         raise UserError(
             f"weights file {weights!r} does not exist; give an existing .weights.h5/.h5 file "
-            "saved from the same model, or use weights=none / weights=imagenet"
+            "saved from the same model or a backbone-only *_notop.h5, or use weights=none / weights=imagenet"
         )
     minimum = MIN_IMAGE_SIZE[backbone]
     if not isinstance(image_size, int) or image_size < minimum:
