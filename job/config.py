@@ -251,6 +251,13 @@ class ScalingConfig:
         "How Ray places the workers: PACK fills a node first; SPREAD puts each on its own node where it can.",
         choices=PLACEMENT_STRATEGIES,
     )
+    resources_timeout_seconds: float = setting(
+        600.0,
+        "On a running Ray cluster, how long to wait (asking its autoscaler, if any) for nodes that can hold "
+        "the workers plus one CPU for Ray Data before failing.",
+        min=0.0,
+        max=86400.0,
+    )
 
 
 @dataclass(frozen=True)

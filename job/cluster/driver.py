@@ -25,11 +25,12 @@ from ray.train import (
 from ray.train.tensorflow import TensorflowTrainer
 
 from job import storage
+from job.cluster.capacity import wait_until_workers_fit
 from job.cluster.datasets import ray_dataset
 from job.cluster.failures import describe_failure
 from job.cluster.worker import quiet_ray_data, worker_entry
 from job.config import Config, config_to_dict
-from job.console import is_verbose
+from job.console import is_verbose, setup_worker_logging
 from job.errors import UserError
 from job.launch.plan import RunPlan, finish_run, start_run
 from job.storage.run_store import RunStore
@@ -55,6 +56,7 @@ def connect(cfg: Config) -> None:
     if os.environ.get("RAY_ADDRESS"):
         log.info("connecting to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
         ray.init(logging_level=logging_level, log_to_driver=True)
+        wait_until_workers_fit(cfg.scaling, _alive_node_resources, _request_resources)
         return
     s = cfg.scaling
     num_cpus = s.num_workers * s.cpus_per_worker + s.data_cpus
@@ -72,6 +74,20 @@ def connect(cfg: Config) -> None:
         logging_level=logging_level,
         log_to_driver=True,
     )
+
+
+def _alive_node_resources() -> list[dict[str, float]]:
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def _request_resources(bundles: list[dict[str, float]]) -> None:
+    """Ask the cluster's autoscaler, if it has one, for room for these bundles (no-op otherwise)."""
+    from ray.autoscaler.sdk import request_resources
+
+    try:
+        request_resources(bundles=bundles)
+    except Exception as exc:  # an autoscaler API problem must not stop a run that may fit later
+        log.debug("could not ask the autoscaler for resources: %s", exc)
 
 
 class _RestartWatcher:
@@ -128,7 +144,7 @@ def run_distributed(
     telemetry.set_state("running")
     try:
         history = _fit(cfg, plan, telemetry)
-        metrics = finish_run(cfg, plan, history)
+        metrics = _finish(cfg, plan, history)
     except BaseException:
         telemetry.set_state("failed")
         _linger(cfg, telemetry)
@@ -137,6 +153,34 @@ def run_distributed(
     telemetry.set_state("succeeded")
     _linger(cfg, telemetry)
     return metrics
+
+
+def _finish(cfg: Config, plan: RunPlan, history: list[dict]) -> dict:
+    """Evaluate the best checkpoint and write the outputs, where the training workers ran.
+
+    On a cluster (RAY_ADDRESS) the driver runs on the head, which has no accelerator and,
+    under KubeRay, no CPUs for Ray work (`num-cpus: 0`): evaluation is a Ray task with one
+    training worker's resources, so it runs on a worker node, on its GPU when training used
+    GPUs. A local run has already shut its Ray down and evaluates in this process.
+    """
+    if not ray.is_initialized():
+        return finish_run(cfg, plan, history)
+    s = cfg.scaling
+    task = ray.remote(_finish_on_worker).options(
+        name="evaluate",
+        num_cpus=s.cpus_per_worker,
+        num_gpus=s.gpus_per_worker if s.use_gpu else 0,
+        # A lost node re-runs the evaluation elsewhere; a failed evaluation is an error.
+        max_retries=2,
+        retry_exceptions=False,
+    )
+    log.info("evaluating on a worker node (%g CPU%s)", s.cpus_per_worker, ", 1 GPU" if s.use_gpu else "")
+    return ray.get(task.remote(cfg, plan, history))
+
+
+def _finish_on_worker(cfg: Config, plan: RunPlan, history: list[dict]) -> dict:
+    setup_worker_logging(rank=0)
+    return finish_run(cfg, plan, history)
 
 
 def _linger(cfg: Config, telemetry) -> None:
