@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,29 @@ def target_dir(name: str) -> Path:
     return REPO / "k8s" / ("base" if name == "base" else f"overlays/{name}")
 
 
-def render(name: str) -> str:
-    """`kubectl kustomize` of k8s/base or k8s/overlays/NAME, as YAML text."""
-    proc = run_command([require_tool("kubectl"), "kustomize", str(target_dir(name))], timeout=120)
-    assert proc.returncode == 0, f"kubectl kustomize {target_dir(name)} failed:\n{proc.stderr}"
+AWS_ENVIRONMENT_EXAMPLE = REPO / "k8s" / "overlays" / "aws" / "environment.env.example"
+
+
+def render(name: str, environment: str | None = None) -> str:
+    """`kubectl kustomize` of k8s/base or k8s/overlays/NAME, as YAML text.
+
+    The aws overlay reads its environment's values from a git-ignored environment.env
+    (written by its environment.sh): it is rendered from a copy of k8s/ with `environment`
+    (default: the committed example) there, never from whatever a developer's checkout holds.
+    """
+    if name != "aws":
+        return _kustomize(target_dir(name))
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "k8s"
+        shutil.copytree(REPO / "k8s", copy, ignore=shutil.ignore_patterns("environment.env"))
+        text = AWS_ENVIRONMENT_EXAMPLE.read_text() if environment is None else environment
+        (copy / "overlays" / "aws" / "environment.env").write_text(text)
+        return _kustomize(copy / "overlays" / "aws")
+
+
+def _kustomize(folder: Path) -> str:
+    proc = run_command([require_tool("kubectl"), "kustomize", str(folder)], timeout=120)
+    assert proc.returncode == 0, f"kubectl kustomize {folder} failed:\n{proc.stderr}"
     return proc.stdout
 
 
