@@ -84,7 +84,8 @@ def test_local_overlay_rayjob_runs_as_kuberay_runs_it(tmp_path):
         with PrometheusServer.start(tmp_path / "prometheus", jobs) as prom:
             code, log = cluster.submit(timeout=RUN_TIMEOUT)
             status = cluster.job_status()
-            assert status == "SUCCEEDED" and code == 0, f"job {status}, submitter exit {code}:\n{log}"
+            errors = "\n".join(dict.fromkeys(line for line in log.splitlines() if line.startswith("error:")))
+            assert status == "SUCCEEDED" and code == 0, f"job {status}, submitter exit {code}: {errors}\n{log}"
 
             # Every port the PodMonitor names was served by every pod declaring it.
             up = prom.query("max_over_time(up[1h])")
