@@ -66,6 +66,21 @@ def _statements(body: dict[str, Any]) -> list[dict[str, Any]]:
     return body.get("statement", [])
 
 
+# Read-only actions that take no resource-level permission: "*" is the only resource IAM
+# accepts for them (Service Authorization Reference: Amazon EC2 Auto Scaling, Amazon EC2).
+# The cluster autoscaler needs them (infra/modules/addons).
+STAR_ONLY_READ_ACTIONS = {
+    "autoscaling:DescribeAutoScalingGroups",
+    "autoscaling:DescribeAutoScalingInstances",
+    "autoscaling:DescribeLaunchConfigurations",
+    "autoscaling:DescribeScalingActivities",
+    "ec2:DescribeImages",
+    "ec2:DescribeInstanceTypes",
+    "ec2:DescribeLaunchTemplateVersions",
+    "ec2:GetInstanceTypesFromInstanceRequirements",
+}
+
+
 def test_no_iam_policy_grants_s3_star_or_star_resources():
     documents = _all("data", "aws_iam_policy_document")
     assert documents
@@ -76,7 +91,10 @@ def test_no_iam_policy_grants_s3_star_or_star_resources():
             actions = [unquote(a) for a in st.get("actions", [])]
             resources = [unquote(r) for r in st.get("resources", [])]
             assert "s3:*" not in actions and "*" not in actions, f"{path}: {name} allows {actions}"
-            assert "*" not in resources, f"{path}: {name} allows resource *"
+            assert not any(a.endswith("*") for a in actions), f"{path}: {name} allows a wildcard action {actions}"
+            if "*" in resources:
+                extra = set(actions) - STAR_ONLY_READ_ACTIONS
+                assert not extra, f"{path}: {name} allows {sorted(extra)} on resource *"
     # Policies written as JSON (jsonencode) grant no S3 rights at all: only KMS key policies are.
     for path in TF_FILES:
         for block in re.findall(r"jsonencode\((.*?)\n  \}\)", path.read_text(), re.S):
@@ -147,13 +165,14 @@ def test_cluster_has_oidc_a_cpu_group_and_a_gpu_group_from_zero():
     gpu = groups["gpu"]
     assert "NVIDIA" in unquote(gpu["ami_type"])
     assert gpu["scaling_config"][0]["min_size"] == 0
+    # (Who sizes it: tests/deploy/test_autoscaling.py.)
     assert any(unquote(t["key"]) == "nvidia.com/gpu" and unquote(t["effect"]) == "NO_SCHEDULE" for t in gpu["taint"])
     assert "NVIDIA" not in unquote(groups["system"]["ami_type"])
 
 
 def test_addons_install_kuberay_and_kube_prometheus_stack():
     charts = {unquote(b["chart"]): b for _, _, b in _all("resource", "helm_release")}
-    assert {"kuberay-operator", "kube-prometheus-stack", "nvidia-device-plugin"} <= set(charts)
+    assert {"kuberay-operator", "kube-prometheus-stack", "nvidia-device-plugin", "cluster-autoscaler"} <= set(charts)
     for chart in charts.values():
         assert unquote(chart["version"]).startswith("${var."), "chart versions are variables, pinned by default"
 
@@ -168,3 +187,43 @@ def test_dev_outputs_feed_the_aws_overlay():
     # The role trusts the ServiceAccount the manifests use.
     assert unquote(modules["irsa"]["namespace"]) == "multilabel"
     assert unquote(modules["irsa"]["service_account"]) == "multilabel-job"
+    # Every variable a module requires (no default) is passed by the dev environment.
+    for name, body in modules.items():
+        folder = (INFRA / "envs/dev" / unquote(body["source"])).resolve()
+        for entry in _load(folder / "variables.tf").get("variable", []):
+            for var, spec in entry.items():
+                if "default" not in spec:
+                    assert unquote(var) in body, (
+                        f"module {name} needs {unquote(var)}, which infra/envs/dev does not pass"
+                    )
+        for arg in body:
+            if arg not in ("source", "depends_on", "providers") and not arg.startswith("__"):
+                known = {unquote(v) for e in _load(folder / "variables.tf").get("variable", []) for v in e}
+                assert arg in known, f"infra/envs/dev passes {arg} to module {name}, which has no such variable"
+    # The addons module scales this cluster's node groups.
+    assert unquote(modules["addons"]["cluster_name"]) == "${module.eks.cluster_name}"
+
+
+def test_providers_used_by_modules_are_configured_and_required():
+    """A module resource of a provider the environment neither requires nor configures fails
+    at `terraform init`/`plan` (e.g. kubernetes_storage_class_v1 without a kubernetes provider)."""
+    required = {}
+    for versions in INFRA.rglob("versions.tf"):
+        for block in _load(versions).get("terraform", []):
+            for rp in block.get("required_providers", []):
+                required[versions.parent] = {k for k in rp if not k.startswith("__")}
+    dev = INFRA / "envs/dev"
+    configured = {unquote(k) for e in _load(dev / "main.tf").get("provider", []) for k in e}
+    for folder in [dev, *(INFRA / "modules").iterdir()]:
+        used = {
+            t.split("_")[0]
+            for p in folder.glob("*.tf")
+            for kind in ("resource", "data")
+            for t, _, _ in _blocks(_load(p), kind)
+        }
+        assert used <= required.get(folder, set()), (
+            f"{folder.relative_to(REPO)} uses {used - required.get(folder, set())} without requiring them"
+        )
+        assert used <= required[dev], f"infra/envs/dev does not require {used - required[dev]}"
+    # Each needs a provider block with the cluster's endpoint and credentials (tls needs none).
+    assert required[dev] - {"tls"} <= configured, f"infra/envs/dev configures no {required[dev] - {'tls'} - configured}"

@@ -142,7 +142,7 @@ def test_promtool_accepts_rules_file_and_prometheusrule_spec(tmp_path):
     for path in (RULES, spec):
         result = run([promtool, "check", "rules", str(path)])
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "SUCCESS: 7 rules found" in result.stdout, result.stdout
+        assert "SUCCESS: 8 rules found" in result.stdout, result.stdout
 
 
 def test_prometheusrule_groups_equal_the_plain_rules_file():
@@ -159,6 +159,7 @@ def test_every_alert_tells_the_reader_what_to_do():
         "MultilabelWorkerMetricsMissing",
         "MultilabelLossNaN",
         "MultilabelRunFailed",
+        "MultilabelRayJobFailed",
         "MultilabelThroughputDropped",
         "MultilabelCheckpointFailures",
         "MultilabelInputBound",
@@ -169,6 +170,37 @@ def test_every_alert_tells_the_reader_what_to_do():
         assert len(rule["annotations"]["description"].split()) >= 25, rule["alert"]
 
 
+# Metrics of the KubeRay operator that rules may use, with their label names, as its source
+# defines them at the chart version infra/modules/addons pins (ray-project/kuberay v1.6.2,
+# ray-operator/controllers/ray/metrics/ray_job_metrics.go), plus the labels Prometheus adds.
+KUBERAY_METRICS = {
+    "kuberay_job_deployment_status": {"name", "namespace", "uid", "deployment_status"},
+    "kuberay_job_info": {"name", "namespace", "uid"},
+}
+# rayv1.JobDeploymentStatus values (ray-operator/apis/ray/v1/rayjob_types.go at v1.6.2).
+KUBERAY_JOB_DEPLOYMENT_STATUSES = {
+    "",
+    "Initializing",
+    "Running",
+    "Complete",
+    "Failed",
+    "ValidationFailed",
+    "Suspending",
+    "Suspended",
+    "Retrying",
+    "Waiting",
+}
+TARGET_LABELS = {"job", "instance", "pod", "service", "endpoint", "container"}
+
+
+def label_matchers(expr: str, metric: str) -> list[tuple[str, str, str]]:
+    """(label, operator, value) of every matcher in `metric{...}` selectors of the expression."""
+    out = []
+    for body in re.findall(rf"\b{metric}\{{([^}}]*)\}}", expr):
+        out += re.findall(r'([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', body)
+    return out
+
+
 def test_rules_and_dashboard_name_only_documented_and_exported_metrics():
     documented, exported = documented_metrics(), exported_samples()
     exprs = [("rule " + r["alert"], r["expr"]) for r in all_rules()]
@@ -177,14 +209,35 @@ def test_rules_and_dashboard_name_only_documented_and_exported_metrics():
         names = promql_metric_names(expr)
         assert names, f"{where}: no metric found in {expr!r}"
         for name in names:
+            if name.startswith("kuberay_"):
+                assert name in KUBERAY_METRICS, f"{where}: {name} is not a KubeRay 1.6 operator metric"
+                continue
             base = re.sub(r"_(bucket|sum|count)$", "", name)
             assert name in documented or base in documented, f"{where}: {name} not in architecture.md"
             assert name in exported, f"{where}: {name} is not exported by job.telemetry"
 
 
-def _series(name: str, values: str, **labels: str) -> dict:
+def test_kuberay_rules_match_labels_and_values_the_operator_exports():
+    """A matcher on a label KubeRay does not set, or on a status it never reports, never matches."""
+    used = 0
+    for rule in all_rules():
+        for metric, labels in KUBERAY_METRICS.items():
+            for label, op, value in label_matchers(rule["expr"], metric):
+                used += 1
+                assert label in labels | TARGET_LABELS, f"{rule['alert']}: {metric} has no label {label}"
+                if label == "deployment_status":
+                    wanted = value.split("|") if "~" in op else [value]
+                    unknown = set(wanted) - KUBERAY_JOB_DEPLOYMENT_STATUSES
+                    assert not unknown, f"{rule['alert']}: KubeRay reports no deployment_status {unknown}"
+                if label == "namespace" and op == "=":
+                    rayjob = yaml.safe_load((ROOT / "k8s" / "base" / "rayjob.yaml").read_text())
+                    assert value == rayjob["metadata"]["namespace"], f"{rule['alert']}: not the RayJob's namespace"
+    assert used, "no rule reads KubeRay's RayJob metrics"
+
+
+def _series(metric: str, values: str, /, **labels: str) -> dict:
     body = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    return {"series": f"{name}{{{body}}}", "values": values}
+    return {"series": f"{metric}{{{body}}}", "values": values}
 
 
 def _alerts(at: str, name: str, *label_sets: dict) -> dict:
@@ -246,6 +299,55 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path):
                 _alerts("4m", "MultilabelRunFailed", {"run": "r", "state": "failed", "severity": "critical"}),
             ],
         },
+        {  # KubeRay's view: the RayJob goes Running -> Failed at minute 5, the driver's own
+            # metrics are gone by then (it died). Another namespace's failed RayJob and a
+            # completed one are not the job's failures.
+            "interval": "1m",
+            "input_series": [
+                _series(
+                    "kuberay_job_deployment_status",
+                    "1x4 _x5",
+                    name="multilabel-train",
+                    namespace="multilabel",
+                    uid="u1",
+                    deployment_status="Running",
+                ),
+                _series(
+                    "kuberay_job_deployment_status",
+                    "_x4 1x5",
+                    name="multilabel-train",
+                    namespace="multilabel",
+                    uid="u1",
+                    deployment_status="Failed",
+                ),
+                _series(
+                    "kuberay_job_deployment_status",
+                    "1x9",
+                    name="other",
+                    namespace="someone-else",
+                    uid="u2",
+                    deployment_status="Failed",
+                ),
+                _series(
+                    "kuberay_job_deployment_status",
+                    "1x9",
+                    name="done",
+                    namespace="multilabel",
+                    uid="u3",
+                    deployment_status="Complete",
+                ),
+                _series("multilabel_run_state", "1x3", run="r", state="running"),
+            ],
+            "alert_rule_test": [
+                _alerts("3m", "MultilabelRayJobFailed"),
+                _alerts(
+                    "6m",
+                    "MultilabelRayJobFailed",
+                    {"namespace": "multilabel", "name": "multilabel-train", "severity": "critical"},
+                ),
+                _alerts("6m", "MultilabelRunFailed"),  # the driver never said so
+            ],
+        },
         {  # rank 1 drops from 100 to 30 img/s at minute 70; rank 0 stays at 100.
             "interval": "1m",
             "input_series": [
@@ -295,7 +397,7 @@ def test_prometheus_configs_are_valid_and_load_the_rules():
         path = ROOT / "monitoring" / name
         result = run([promtool, "check", "config", str(path)])
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "SUCCESS: 7 rules found" in result.stdout, result.stdout
+        assert "SUCCESS: 8 rules found" in result.stdout, result.stdout
         config = yaml.safe_load(path.read_text())
         targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
         assert targets == {f"{target_host}:{port}" for port in (9400, 9401, 9402)}

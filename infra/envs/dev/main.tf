@@ -20,6 +20,17 @@ provider "helm" {
   }
 }
 
+# The addons module's StorageClass.
+provider "kubernetes" {
+  host                   = module.eks.cluster_endpoint
+  cluster_ca_certificate = base64decode(module.eks.cluster_certificate_authority)
+  exec {
+    api_version = "client.authentication.k8s.io/v1beta1"
+    command     = "aws"
+    args        = ["eks", "get-token", "--cluster-name", module.eks.cluster_name, "--region", var.region]
+  }
+}
+
 module "eks" {
   source = "../../modules/eks"
 
@@ -30,8 +41,8 @@ module "eks" {
   system_instance_types   = var.system_instance_types
   gpu_instance_types      = var.gpu_instance_types
   gpu_capacity_type       = var.gpu_capacity_type
-  gpu_node_desired_size   = var.gpu_node_desired_size
   gpu_node_max_size       = var.gpu_node_max_size
+  gpu_accelerator         = var.gpu_accelerator
 }
 
 module "storage" {
@@ -64,8 +75,15 @@ module "ecr" {
 module "addons" {
   source = "../../modules/addons"
 
+  cluster_name                  = module.eks.cluster_name
+  region                        = var.region
   kuberay_operator_version      = var.kuberay_operator_version
   kube_prometheus_stack_version = var.kube_prometheus_stack_version
+  cluster_autoscaler_version    = var.cluster_autoscaler_version
+  prometheus_storage_size       = var.prometheus_storage_size
+  prometheus_retention_size     = var.prometheus_retention_size
+  alert_receiver                = var.alert_receiver
+  alert_receiver_secret_name    = var.alert_receiver_secret_name
 
   # Add-ons need nodes to run on.
   depends_on = [module.eks]

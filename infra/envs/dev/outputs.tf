@@ -27,3 +27,13 @@ output "kubeconfig_command" {
   description = "Command that points kubectl at the cluster."
   value       = "aws eks update-kubeconfig --region ${var.region} --name ${module.eks.cluster_name}"
 }
+
+output "cluster_autoscaler_role_arn" {
+  description = "IAM role of the cluster autoscaler (kube-system/cluster-autoscaler, through EKS Pod Identity)."
+  value       = module.addons.cluster_autoscaler_role_arn
+}
+
+output "gpu_autoscaling_group_name" {
+  description = "Auto Scaling group of the GPU node group, scaled by the cluster autoscaler (aws autoscaling describe-scaling-activities)."
+  value       = module.eks.gpu_autoscaling_group_name
+}

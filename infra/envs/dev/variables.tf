@@ -49,16 +49,16 @@ variable "gpu_capacity_type" {
   default     = "ON_DEMAND"
 }
 
-variable "gpu_node_desired_size" {
-  type        = number
-  description = "GPU nodes running now: 0 while idle, the RayJob's worker count (2) during a run."
-  default     = 0
-}
-
 variable "gpu_node_max_size" {
   type        = number
-  description = "Cap on GPU nodes (caps GPU spend)."
+  description = "Cap on GPU nodes (caps GPU spend). The cluster autoscaler starts GPU nodes, up to this many, while RayJob workers are Pending, and removes them when idle: no apply is needed to start or stop them. At least the RayJob's worker count (2)."
   default     = 2
+}
+
+variable "gpu_accelerator" {
+  type        = string
+  description = "k8s.amazonaws.com/accelerator label of GPU nodes: nvidia-a10g for g5, nvidia-l4 for g6."
+  default     = "nvidia-a10g"
 }
 
 variable "noncurrent_version_expiration_days" {
@@ -77,6 +77,36 @@ variable "kube_prometheus_stack_version" {
   type        = string
   description = "kube-prometheus-stack Helm chart version."
   default     = "75.15.1"
+}
+
+variable "cluster_autoscaler_version" {
+  type        = string
+  description = "cluster-autoscaler Helm chart version; its app version must match kubernetes_version's minor (9.46.x: 1.32)."
+  default     = "9.46.6"
+}
+
+variable "prometheus_storage_size" {
+  type        = string
+  description = "Size of Prometheus' gp3 EBS volume."
+  default     = "50Gi"
+}
+
+variable "prometheus_retention_size" {
+  type        = string
+  description = "Prometheus deletes its oldest data beyond this size (GB = 2^30 bytes): keep it below prometheus_storage_size."
+  default     = "40GB"
+}
+
+variable "alert_receiver" {
+  type        = string
+  description = "none (default: alerts notify nobody, see them in Prometheus/Alertmanager), slack or webhook. For slack/webhook create the Secret alert_receiver_secret_name (namespace monitoring, key url) first."
+  default     = "none"
+}
+
+variable "alert_receiver_secret_name" {
+  type        = string
+  description = "Kubernetes Secret in namespace monitoring whose key `url` is the Slack or webhook URL (kept out of Terraform state)."
+  default     = "alertmanager-receiver"
 }
 
 variable "tags" {

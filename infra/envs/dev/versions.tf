@@ -9,6 +9,10 @@ terraform {
       source  = "hashicorp/helm"
       version = ">= 2.12, < 3.0"
     }
+    kubernetes = {
+      source  = "hashicorp/kubernetes"
+      version = ">= 2.23, < 3.0"
+    }
     tls = {
       source  = "hashicorp/tls"
       version = ">= 4.0, < 5.0"

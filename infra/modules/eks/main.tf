@@ -1,6 +1,7 @@
 # EKS control plane, its IAM OIDC provider (for IRSA), the EKS managed add-ons (VPC CNI with
 # network policy enforcement, kube-proxy, CoreDNS, Pod Identity agent, EBS CSI driver), a
-# CPU "system" node group and a GPU node group on the NVIDIA AMI that scales from zero.
+# CPU "system" node group and a GPU node group on the NVIDIA AMI that the cluster
+# autoscaler (infra/modules/addons) scales from zero and back.
 
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
@@ -279,6 +280,12 @@ resource "aws_eks_node_group" "system" {
     max_size     = var.system_node_max_size
   }
 
+  # EKS tags the group's Auto Scaling group for the cluster autoscaler, which then owns the
+  # desired size (between min and max): Terraform sets it at creation only.
+  lifecycle {
+    ignore_changes = [scaling_config[0].desired_size]
+  }
+
   labels = {
     "multilabel.io/pool" = "system"
   }
@@ -294,6 +301,12 @@ resource "aws_eks_node_group" "system" {
 
 # Ray GPU workers. The NVIDIA AMI brings the driver and container toolkit; the device
 # plugin (addons module) advertises nvidia.com/gpu. The taint keeps other pods off.
+#
+# Nobody sets its size by hand: it starts at zero nodes, the cluster autoscaler (addons
+# module) adds nodes while GPU pods are Pending and removes them once they are idle, up to
+# var.gpu_node_max_size. EKS tags the group's Auto Scaling group with
+# k8s.io/cluster-autoscaler/enabled=true and k8s.io/cluster-autoscaler/<cluster>=owned, which
+# is how the autoscaler discovers it (and what its IAM policy is conditioned on).
 resource "aws_eks_node_group" "gpu" {
   cluster_name    = aws_eks_cluster.this.name
   node_group_name = "gpu"
@@ -307,12 +320,21 @@ resource "aws_eks_node_group" "gpu" {
 
   scaling_config {
     min_size     = 0
-    desired_size = var.gpu_node_desired_size
+    desired_size = 0
     max_size     = var.gpu_node_max_size
+  }
+
+  # The autoscaler owns the desired size; a later apply must not put it back to 0 mid-run.
+  lifecycle {
+    ignore_changes = [scaling_config[0].desired_size]
   }
 
   labels = {
     "multilabel.io/pool" = "gpu"
+    # Tells the autoscaler a node is a GPU node before the device plugin advertises
+    # nvidia.com/gpu, so that it waits for it instead of adding more nodes (cluster-autoscaler
+    # cloudprovider/aws: GPULabel; README "Special note on GPU instances").
+    "k8s.amazonaws.com/accelerator" = var.gpu_accelerator
   }
 
   taint {
@@ -321,17 +343,54 @@ resource "aws_eks_node_group" "gpu" {
     effect = "NO_SCHEDULE"
   }
 
-  # Lets a cluster autoscaler scale this group up from zero nodes.
-  tags = merge(var.tags, {
-    "k8s.io/cluster-autoscaler/enabled"                                = "true"
-    "k8s.io/cluster-autoscaler/${var.cluster_name}"                    = "owned"
-    "k8s.io/cluster-autoscaler/node-template/label/multilabel.io/pool" = "gpu"
-    "k8s.io/cluster-autoscaler/node-template/taint/nvidia.com/gpu"     = "true:NoSchedule"
-  })
+  # The same node template on the node group (read by the autoscaler's eks:DescribeNodegroup
+  # call) as on its Auto Scaling group (below).
+  tags = merge(var.tags, local.gpu_node_template_tags)
   depends_on = [
     aws_iam_role_policy_attachment.node,
     aws_eks_addon.vpc_cni,
     aws_eks_addon.kube_proxy,
     aws_eks_addon.pod_identity_agent,
   ]
+}
+
+# --- scaling the GPU group from zero -----------------------------------------------------
+#
+# With no GPU node running, the cluster autoscaler decides whether a new node of the group
+# would fit a Pending pod from a node template: capacity from the instance type, labels and
+# taints from tags of the Auto Scaling group (k8s.io/cluster-autoscaler/node-template/...),
+# to which it adds, for EKS managed node groups, the labels and taints that
+# eks:DescribeNodegroup returns (cluster-autoscaler 1.32 cloudprovider/aws/aws_manager.go,
+# buildNodeFromTemplate). EKS does not copy node group tags to the Auto Scaling group, so the
+# tags are put on it here: the template does not then hang on the DescribeNodegroup call
+# (whose failures the autoscaler only logs, and which it makes only while the group has never
+# had a node). tests/deploy/test_autoscaling.py checks that this template matches the node
+# group's labels and taint and admits the RayJob's GPU worker pod.
+
+data "aws_ec2_instance_type" "gpu" {
+  for_each      = toset(var.gpu_instance_types)
+  instance_type = each.value
+}
+
+locals {
+  # The fewest GPUs any of the group's instance types has: the autoscaler must not expect more.
+  gpus_per_gpu_node = min([for t in data.aws_ec2_instance_type.gpu : t.gpus[0].count]...)
+
+  gpu_node_template_tags = {
+    "k8s.io/cluster-autoscaler/node-template/label/multilabel.io/pool"            = "gpu"
+    "k8s.io/cluster-autoscaler/node-template/label/k8s.amazonaws.com/accelerator" = var.gpu_accelerator
+    "k8s.io/cluster-autoscaler/node-template/taint/nvidia.com/gpu"                = "true:NoSchedule"
+    "k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu"            = tostring(local.gpus_per_gpu_node)
+  }
+}
+
+resource "aws_autoscaling_group_tag" "gpu_node_template" {
+  for_each               = local.gpu_node_template_tags
+  autoscaling_group_name = aws_eks_node_group.gpu.resources[0].autoscaling_groups[0].name
+
+  tag {
+    key                 = each.key
+    value               = each.value
+    propagate_at_launch = false
+  }
 }

@@ -40,3 +40,8 @@ output "addons" {
     ] : a.addon_name => a.addon_version
   }
 }
+
+output "gpu_autoscaling_group_name" {
+  description = "Auto Scaling group of the GPU node group (the cluster autoscaler sets its desired capacity)."
+  value       = aws_eks_node_group.gpu.resources[0].autoscaling_groups[0].name
+}

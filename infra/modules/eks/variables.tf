@@ -38,7 +38,7 @@ variable "system_node_min_size" {
 
 variable "system_node_desired_size" {
   type        = number
-  description = "Desired size of the CPU node group."
+  description = "Size of the CPU node group at creation; afterwards the cluster autoscaler sets it, between min and max."
   default     = 2
 }
 
@@ -65,16 +65,16 @@ variable "gpu_capacity_type" {
   }
 }
 
-variable "gpu_node_desired_size" {
-  type        = number
-  description = "GPU nodes running now. 0 when idle (no GPU cost); raise it to the RayJob's worker count before a run."
-  default     = 0
-}
-
 variable "gpu_node_max_size" {
   type        = number
-  description = "Upper bound on GPU nodes: caps the GPU spend."
+  description = "Upper bound on GPU nodes: caps the GPU spend. The cluster autoscaler (addons module) runs between 0 and this many GPU nodes, as the Pending GPU pods need; nobody sets the current size."
   default     = 2
+}
+
+variable "gpu_accelerator" {
+  type        = string
+  description = "Value of the k8s.amazonaws.com/accelerator label of GPU nodes (the cluster autoscaler's GPU label on AWS), e.g. nvidia-a10g for g5, nvidia-l4 for g6."
+  default     = "nvidia-a10g"
 }
 
 variable "gpu_disk_size_gib" {
