@@ -10,6 +10,7 @@ import argparse
 
 import numpy as np
 
+from job import storage
 from job.data import shards
 from job.data.labels import format_label_analysis
 
@@ -23,6 +24,7 @@ def add_arguments(a: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    storage.check_access(args.data)  # a stalled or wrong endpoint fails here, in seconds
     manifest = shards.load_manifest(args.data)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     y = np.concatenate([shards.read_labels(args.data, manifest, s) for s in splits if s in manifest.splits])

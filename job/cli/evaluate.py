@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from job import storage
+
 HELP = "Evaluate a run's best checkpoint; write metrics.json and thresholds."
 
 
@@ -22,6 +24,12 @@ def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: it loads TensorFlow, and `--help` must stay instant.
     from job.evaluation.evaluate import evaluate_run
 
+    # Before TensorFlow loads: a stalled or wrong endpoint fails here, in seconds.
+    storage.check_access(args.run)
+    if args.data:
+        storage.check_access(args.data)
+    if args.output:
+        storage.check_access(args.output, write=True)
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     evaluate_run(args.run.rstrip("/"), data_uri=args.data, splits=splits, output_uri=args.output)
     return 0

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 
+from job import storage
+
 HELP = "Export a run's best checkpoint, labels and thresholds as a TensorFlow SavedModel."
 
 
@@ -32,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: it loads TensorFlow, and `--help` must stay instant.
     from job.evaluation.export import export_run
 
+    # Before TensorFlow loads: a stalled or wrong endpoint fails here, in seconds.
+    storage.check_access(args.run)
+    storage.check_access(args.out, write=True)
     info = export_run(args.run, args.out)
     thresholds = ", ".join(f"{n} {t:.3f}" for n, t in zip(info.class_names, info.thresholds))
     print(

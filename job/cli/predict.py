@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 
+from job import storage
 from job.errors import UserError
 
 HELP = "Predict labels of images with an exported model or a run."
@@ -63,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
     _logs_to_stderr()
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    # A stalled or wrong endpoint fails here, in seconds: the model, and the first image on S3.
+    storage.check_access(args.model)
+    first_s3_image = next((i for i in args.images if storage.is_s3(i)), None)
+    if first_s3_image:
+        storage.check_access(first_s3_image)
     data = read_images(args.images)
     predictor = load_predictor(args.model)
     result = predictor.predict(data, batch_size=args.batch_size)

@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import struct
+import threading
 import uuid
 
 import pytest
@@ -248,3 +249,55 @@ def test_unreachable_endpoint_fails_fast_with_a_clear_message():
     # (how fast it is, is a matter for bench/, not a unit of pass/fail here).
     proc = run_cli("validate", "s3://somewhere/datasets/x", "--full-hash", "--quiet", env=env, timeout=90)
     assert_clean_error(proc, f"the S3 endpoint http://127.0.0.1:{port} cannot be reached", "S3_ENDPOINT_URL")
+
+
+@pytest.fixture
+def stalled_endpoint():
+    """An "S3 endpoint" that accepts connections and never answers (a hung proxy or server)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["analyze", "--data", "s3://somewhere/datasets/x"],
+        ["evaluate", "--run", "s3://somewhere/runs/x"],
+        ["export", "--run", "s3://somewhere/runs/x", "--out", "s3://somewhere/models/x"],
+        ["predict", "--model", "s3://somewhere/models/x", "s3://somewhere/images/a.jpg"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_every_s3_command_fails_fast_on_a_stalled_endpoint(stalled_endpoint, command):
+    env = {k: None for k in os.environ if k.startswith("AWS_") or k == "S3_ENDPOINT_URL"}
+    env.update(
+        S3_ENDPOINT_URL=stalled_endpoint,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    # Without the pre-flight probe these retried for ~8 minutes (60 s reads x 8 attempts); the
+    # harness kills the command and fails the test after 90 s.
+    proc = run_cli(*command, env=env, timeout=90)
+    assert_clean_error(proc, stalled_endpoint, "stopped answering")
