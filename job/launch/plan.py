@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -71,6 +72,10 @@ class RunPlan:
         )
 
 
+# A run name ends up in Prometheus labels, log lines and file names: keep it plain.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def resolve_run(output_uri: str, run_name: str | None, cfg: Config) -> tuple[str, str]:
     """(run URI, run name). `--output` is the run folder, always: files go directly under it.
 
@@ -78,6 +83,12 @@ def resolve_run(output_uri: str, run_name: str | None, cfg: Config) -> tuple[str
     labels the run in logs and metrics. A stable folder is what lets the same command resume.
     """
     output_uri = output_uri.rstrip("/")
+    for given in (run_name, cfg.run_name):
+        if given and not RUN_NAME.fullmatch(given):
+            raise UserError(
+                f"Run name {given!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting "
+                "with a letter or digit. The name labels the run in logs and metrics; --output is its folder."
+            )
     name = run_name or cfg.run_name or storage.basename(output_uri)
     if not name or not storage.basename(output_uri):
         raise UserError(f"--output {output_uri!r} names no run folder; pass a folder such as s3://BUCKET/runs/NAME.")

@@ -141,8 +141,20 @@ def _env_endpoint() -> str | None:
     for name in ("S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         value = os.environ.get(name, "").strip()
         if value:
+            _check_endpoint(name, value)
             return value.rstrip("/")
     return None
+
+
+def _check_endpoint(name: str, value: str) -> None:
+    """botocore refuses an endpoint without a scheme with a bare ValueError, and pyarrow would
+    guess one: say what is wrong before either sees it."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0]:
+        raise StorageError(
+            f"{name}={value!r} is not an endpoint URL: it needs http:// or https:// and a host, "
+            f"e.g. http://{rest or value}. Fix {name}, or unset it to use AWS S3."
+        )
 
 
 def _env_region() -> str:

@@ -251,6 +251,13 @@ def test_unreachable_endpoint_fails_fast_with_a_clear_message():
     assert_clean_error(proc, f"the S3 endpoint http://127.0.0.1:{port} cannot be reached", "S3_ENDPOINT_URL")
 
 
+@pytest.mark.parametrize("endpoint", ["localhost:9000", "ftp://localhost:9000", "http://"])
+def test_an_endpoint_url_without_scheme_or_host_is_named(endpoint):
+    env = {"S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    proc = run_cli("validate", "s3://somewhere/datasets/x", env=env, timeout=60)
+    assert_clean_error(proc, f"S3_ENDPOINT_URL={endpoint!r} is not an endpoint URL", "http://")
+
+
 @pytest.fixture
 def stalled_endpoint():
     """An "S3 endpoint" that accepts connections and never answers (a hung proxy or server)."""

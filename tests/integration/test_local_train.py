@@ -163,3 +163,5 @@ def test_analyze_flags_a_pair_that_always_co_occurs(tmp_path):
     )
     out = _ok(run_cli("analyze", "--data", str(data), timeout=120))
     assert "FLAG sea + sunset" in out and "0 with only sea, 0 with only sunset" in out, out
+    # A split the data set does not have is named, with the ones it has.
+    assert_clean_error(run_cli("analyze", "--data", str(data), "--splits", "nope", timeout=120), "nope", "train, val")

@@ -74,3 +74,15 @@ def test_output_is_the_run_folder_and_run_name_only_names_it():
 def test_an_output_with_no_folder_is_refused():
     with pytest.raises(UserError, match="names no run folder"):
         resolve_run("/", None, load_config(None, []))
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/run", "a b", "", "x" * 65, "-flag", "run/1", "é"])
+def test_run_names_outside_the_safe_set_are_refused_naming_the_rule(name):
+    cfg = load_config(None, [])
+    if name == "":
+        assert resolve_run("s3://b/runs/exp", name, cfg)[1] == "exp"  # empty: the folder's name
+        return
+    with pytest.raises(UserError, match="letters, digits"):
+        resolve_run("s3://b/runs/exp", name, cfg)
+    with pytest.raises(UserError, match="letters, digits"):
+        resolve_run("s3://b/runs/exp", None, load_config(None, [f"run_name={name}"]))
