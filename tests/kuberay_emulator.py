@@ -15,16 +15,14 @@ rayjob_controller.go, v1.6; the kubelet's documented behaviour):
   test supplies as a user would create them; a missing non-optional one fails the pod), then
   `env` (`value`, `secretKeyRef`, `configMapKeyRef`). Cluster DNS names of Services are
   replaced by the IP of whatever the test runs behind them.
-- **Ray start.** `ray start --head` / `ray start --address=HEAD:6379`, `--block`, KubeRay's
-  `--metrics-export-port=8080` and `--dashboard-agent-listen-port=52365`, the group's
-  `rayStartParams`, and `--num-cpus`/`--memory`/`--num-gpus` derived from the container's
-  resources (limits, else requests) unless `rayStartParams` sets them.
+- **Ray start.** `ray start --head` / `ray start --address=HEAD:6379`, with the group's
+  `rayStartParams` completed as KubeRay completes them (`ray_start_params`).
 - **Start order and health.** The head's init containers run to success first (retried, as
   the kubelet restarts them), then the head; workers start when the head's readiness probe
   passes; the job is submitted when every pod's readiness probe (exec probes, run in the
   pod) passes, as KubeRay waits for a ready RayCluster.
-- **Submission (K8sJobMode).** The submitter pod runs `ray job submit --address
-  http://HEAD:8265 --submission-id ID -- ENTRYPOINT` with the submitter container's env.
+- **Submission (K8sJobMode).** The submitter pod runs KubeRay's bash script around
+  `ray job submit --no-wait -- ENTRYPOINT` and `ray job logs --follow` (`submit`).
 
 Not emulated: cgroup CPU/memory limits, the non-root user and the read-only root filesystem
 (tests/deploy checks those statically), image pulls, scheduling onto nodes
@@ -78,18 +76,25 @@ def memory_bytes(quantity: str | int) -> int:
     return int(float(text))
 
 
-def ray_start_params(group: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
-    """The group's rayStartParams completed with what KubeRay derives from the container."""
+def ray_start_params(group: dict[str, Any], container: dict[str, Any], head: bool) -> dict[str, str]:
+    """The group's rayStartParams completed as KubeRay v1.6.2 completes them (common/pod.go
+    setMissingRayStartParams, generateRayStartCommand): --num-cpus from the CPU limit (else
+    the request), rounded up; --memory from the memory limit only; --num-gpus from a GPU
+    limit; --metrics-export-port=8080, --dashboard-agent-listen-port=52365, and on the head
+    --dashboard-host=0.0.0.0, each unless the group sets it."""
     params = {k: str(v) for k, v in (group.get("rayStartParams") or {}).items()}
     resources = container.get("resources", {})
-    amounts = {**resources.get("requests", {}), **resources.get("limits", {})}
-    if "num-cpus" not in params and "cpu" in amounts:
-        params["num-cpus"] = str(cpu_count(amounts["cpu"]))
-    if "memory" not in params and "memory" in amounts:
-        params["memory"] = str(memory_bytes(amounts["memory"]))
-    gpus = [v for k, v in amounts.items() if k.endswith("/gpu")]
+    limits, requests = resources.get("limits", {}), resources.get("requests", {})
+    cpu = limits.get("cpu") or requests.get("cpu")
+    if "num-cpus" not in params and cpu:
+        params["num-cpus"] = str(cpu_count(cpu))
+    if "memory" not in params and limits.get("memory"):
+        params["memory"] = str(memory_bytes(limits["memory"]))
+    gpus = [v for k, v in sorted(limits.items()) if k.endswith("/gpu")]
     if "num-gpus" not in params and gpus:
         params["num-gpus"] = str(int(gpus[0]))
+    if head:
+        params.setdefault("dashboard-host", "0.0.0.0")
     params.setdefault("metrics-export-port", str(METRICS_PORT))
     params.setdefault("dashboard-agent-listen-port", str(DASHBOARD_AGENT_PORT))
     return params
@@ -237,7 +242,10 @@ class KubeRayEmulator:
         return mapped
 
     def kuberay_env(self, role: str) -> dict[str, str]:
-        """What KubeRay adds to a Ray container's env (pod.go; token auth from authOptions)."""
+        """What KubeRay adds to a Ray container's and the submitter's env: with authOptions
+        mode token, RAY_AUTH_MODE and RAY_AUTH_TOKEN from the Secret's `auth_token` key
+        (v1.6.2 common/pod.go SetContainerTokenAuthEnvVars; init containers other than its own
+        wait-gcs-ready get nothing), plus the cluster's address for Ray containers."""
         env = {"RAY_CLUSTER_NAME": self.rayjob["metadata"]["name"], "RAY_USAGE_STATS_ENABLED": "0"}
         if role in ("head", "worker"):
             head_ip = self.pods["head"].ip
@@ -268,7 +276,7 @@ class KubeRayEmulator:
                 raise AssertionError(f"{pod.name}: init container {container['name']} failed:\n{tail(log)}")
 
     def _start_ray(self, pod: Pod, group: dict[str, Any]) -> None:
-        params = ray_start_params(group, pod.container)
+        params = ray_start_params(group, pod.container, head=pod.role == "head")
         argv = ["ray", "start", "--block"]
         argv += ["--head"] if pod.role == "head" else [f"--address={self.pods['head'].ip}:{GCS_PORT}"]
         argv += [f"--{k}={v}" for k, v in sorted(params.items())]
@@ -308,25 +316,33 @@ class KubeRayEmulator:
             self._wait_ready(pod, timeout)
 
     def submit(self, timeout: float) -> tuple[int, str]:
-        """Run the submitter pod's `ray job submit ... -- ENTRYPOINT`; (exit code, its log)."""
+        """Run the submitter pod as KubeRay v1.6.2 builds it in K8sJobMode (common/job.go
+        BuildJobSubmitCommand; rayjob_controller.go configureSubmitterContainer): `/bin/bash
+        -ce` over `if ! ray job status ...; then ray job submit --no-wait --submission-id ID
+        -- ENTRYPOINT; fi; ray job logs --follow ID`, the entrypoint pasted in unquoted.
+        Returns (exit code, the submitter's log)."""
         template = self.rayjob["spec"].get("submitterPodTemplate") or {
             "spec": {"containers": [{"name": "ray-job-submitter"}]}
         }
         pod = self._make_pod("submitter", "submitter", template)
         self.submission_id = f"{self.rayjob['metadata']['name']}-{uuid.uuid4().hex[:5]}"
-        entrypoint = " ".join(self.rayjob["spec"]["entrypoint"].split())
-        argv = [
-            "ray",
-            "job",
-            "submit",
-            f"--address=http://{self.pods['head'].ip}:{DASHBOARD_PORT}",
-            f"--submission-id={self.submission_id}",
-            "--",
-            *shlex.split(self.pods["head"].host_path(entrypoint)),
-        ]
-        env = self.env(pod, pod.container, self.kuberay_env("submitter"))
+        dashboard = f"{self.pods['head'].ip}:{DASHBOARD_PORT}"
+        address = f"http://{dashboard}"
+        entrypoint = self.pods["head"].host_path(self.rayjob["spec"]["entrypoint"].strip())
+        script = (
+            f"if ! ray job status --address {address} {self.submission_id} >/dev/null 2>&1 ; then "
+            f"ray job submit --address {address} --no-wait --submission-id {self.submission_id} -- {entrypoint} ; "
+            f"fi ; ray job logs --address {address} --follow {self.submission_id}"
+        )
+        injected = {
+            **self.kuberay_env("submitter"),
+            "PYTHONUNBUFFERED": "1",
+            "RAY_DASHBOARD_ADDRESS": dashboard,
+            "RAY_JOB_SUBMISSION_ID": self.submission_id,
+        }
+        env = self.env(pod, pod.container, injected)
         log = self._log(pod, "submitter")
-        code = self.net.run(pod.name, argv, env, log, pod.root, timeout, pod.binds)
+        code = self.net.run(pod.name, ["/bin/bash", "-ce", "--", script], env, log, pod.root, timeout, pod.binds)
         return code, tail(log, 8000)
 
     def job_status(self) -> str:
