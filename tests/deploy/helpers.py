@@ -14,6 +14,21 @@ REPO = Path(__file__).resolve().parents[2]
 # CI clones the repo into a folder with shared/ beside it; the CRD schemas live there.
 SCHEMAS = REPO.parent / "shared" / "schemas"
 OVERLAYS = ("local", "aws")
+# Read-only actions that take no resource-level permission: "*" is the only resource IAM
+# accepts for them (Service Authorization Reference: Amazon EC2 Auto Scaling, Amazon EC2).
+# The cluster autoscaler needs them (infra/modules/addons; its README's policy lists them).
+STAR_ONLY_READ_ACTIONS = frozenset(
+    {
+        "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:DescribeAutoScalingInstances",
+        "autoscaling:DescribeLaunchConfigurations",
+        "autoscaling:DescribeScalingActivities",
+        "ec2:DescribeImages",
+        "ec2:DescribeInstanceTypes",
+        "ec2:DescribeLaunchTemplateVersions",
+        "ec2:GetInstanceTypesFromInstanceRequirements",
+    }
+)
 TARGETS = ("base",) + OVERLAYS
 
 

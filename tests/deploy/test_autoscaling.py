@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .helpers import REPO, one, pod_templates, tolerates, unquote
+from .helpers import REPO, STAR_ONLY_READ_ACTIONS, one, pod_templates, tolerates, unquote
 from .test_addons import (
     ADDONS,
     DEV,
@@ -258,15 +258,7 @@ def _data(name: str) -> dict[str, Any]:
 
 
 # cluster-autoscaler 1.32 cloudprovider/aws/README.md, "Full Cluster Autoscaler Features Policy".
-README_ACTIONS = {
-    "autoscaling:DescribeAutoScalingGroups",
-    "autoscaling:DescribeAutoScalingInstances",
-    "autoscaling:DescribeLaunchConfigurations",
-    "autoscaling:DescribeScalingActivities",
-    "ec2:DescribeImages",
-    "ec2:DescribeInstanceTypes",
-    "ec2:DescribeLaunchTemplateVersions",
-    "ec2:GetInstanceTypesFromInstanceRequirements",
+README_ACTIONS = STAR_ONLY_READ_ACTIONS | {
     "eks:DescribeNodegroup",
     "autoscaling:SetDesiredCapacity",
     "autoscaling:TerminateInstanceInAutoScalingGroup",

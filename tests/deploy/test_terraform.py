@@ -9,7 +9,7 @@ from typing import Any
 
 import hcl2
 
-from .helpers import REPO, unquote
+from .helpers import REPO, STAR_ONLY_READ_ACTIONS, unquote
 
 INFRA = REPO / "infra"
 TF_FILES = sorted(INFRA.rglob("*.tf"))
@@ -64,21 +64,6 @@ def test_every_output_has_a_description():
 
 def _statements(body: dict[str, Any]) -> list[dict[str, Any]]:
     return body.get("statement", [])
-
-
-# Read-only actions that take no resource-level permission: "*" is the only resource IAM
-# accepts for them (Service Authorization Reference: Amazon EC2 Auto Scaling, Amazon EC2).
-# The cluster autoscaler needs them (infra/modules/addons).
-STAR_ONLY_READ_ACTIONS = {
-    "autoscaling:DescribeAutoScalingGroups",
-    "autoscaling:DescribeAutoScalingInstances",
-    "autoscaling:DescribeLaunchConfigurations",
-    "autoscaling:DescribeScalingActivities",
-    "ec2:DescribeImages",
-    "ec2:DescribeInstanceTypes",
-    "ec2:DescribeLaunchTemplateVersions",
-    "ec2:GetInstanceTypesFromInstanceRequirements",
-}
 
 
 def test_no_iam_policy_grants_s3_star_or_star_resources():
