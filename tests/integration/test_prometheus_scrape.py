@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from job.telemetry import DriverTelemetry, WorkerTelemetry
 from tests.prometheus_server import PrometheusServer, free_port, values_by_label
@@ -130,11 +131,13 @@ def test_every_dashboard_query_returns_data(prometheus, job_telemetry):
 def test_alert_rules_load_and_evaluate_in_a_real_prometheus(prometheus, job_telemetry):
     _, driver = job_telemetry
     driver.set_state("running")
+    rules_in_file = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    assert len(rules_in_file) >= 8, "the rules file lost rules"
 
     def evaluated(_):
         groups = prometheus.api("rules")["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
-        return len(rules) == 7 and all(r["health"] == "ok" for r in rules)
+        return len(rules) == len(rules_in_file) and all(r["health"] == "ok" for r in rules)
 
     prometheus.wait_for("vector(1)", evaluated, timeout_seconds=30)
     driver.set_state("failed")
