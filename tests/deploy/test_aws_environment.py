@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+from pathlib import Path
 
 import hcl2
 import pytest
@@ -53,7 +54,7 @@ def fake_terraform(tmp_path):
     return bin_dir
 
 
-def _write_environment(tmp_path, fake_terraform, *args: str) -> subprocess.CompletedProcess:
+def _write_environment(tmp_path, fake_terraform, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     overlay = tmp_path / "aws"
     shutil.copytree(SCRIPT.parent, overlay, ignore=shutil.ignore_patterns("environment.env"))
     env = {"PATH": f"{fake_terraform}{os.pathsep}{os.environ['PATH']}", "TF_DIR": str(REPO / "infra/envs/dev")}
