@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             f"--splits {args.splits!r}: {args.data} has no split {', '.join(unknown) or '(none given)'}. "
             f"Its splits are {', '.join(manifest.splits)}."
         )
-    y = np.concatenate([shards.read_labels(args.data, manifest, s) for s in splits if s in manifest.splits])
+    y = np.concatenate([shards.read_labels(args.data, manifest, s) for s in splits])
     print(f"{args.data}: {len(y)} images from split(s) {', '.join(splits)}")
     print(format_label_analysis(y, manifest.class_names, threshold=args.threshold))
     return 0

@@ -21,11 +21,17 @@ log = logging.getLogger(__name__)
 DATA_CPUS_ON_A_CLUSTER = 1.0
 
 
-def worker_bundle(s: ScalingConfig) -> dict[str, float]:
-    bundle = {"CPU": s.cpus_per_worker}
+def worker_resources(s: ScalingConfig) -> dict[str, float]:
+    """One training worker's Ray resources (Ray Train's resources_per_worker)."""
+    resources = {"CPU": s.cpus_per_worker}
     if s.use_gpu:
-        bundle["GPU"] = s.gpus_per_worker
-    return {k: v for k, v in bundle.items() if v > 0}
+        resources["GPU"] = s.gpus_per_worker
+    return resources
+
+
+def worker_bundle(s: ScalingConfig) -> dict[str, float]:
+    """The resources a node must have free to host one worker (zero amounts need nothing)."""
+    return {k: v for k, v in worker_resources(s).items() if v > 0}
 
 
 def shortfall(nodes: list[dict[str, float]], s: ScalingConfig) -> str | None:

@@ -25,7 +25,7 @@ from ray.train import (
 from ray.train.tensorflow import TensorflowTrainer
 
 from job import storage
-from job.cluster.capacity import wait_until_workers_fit
+from job.cluster.capacity import wait_until_workers_fit, worker_resources
 from job.cluster.datasets import ray_dataset
 from job.cluster.failures import describe_failure
 from job.cluster.worker import quiet_ray_data, worker_entry
@@ -196,9 +196,6 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
     quiet_ray_data()
     datasets = {split: ray_dataset(plan.data_uri, plan.manifest, split) for split in ("train", "val")}
     fs, runs_root = storage.arrow_filesystem(storage.parent(plan.run_uri))
-    resources = {"CPU": s.cpus_per_worker}
-    if s.use_gpu:
-        resources["GPU"] = s.gpus_per_worker
     trainer = TensorflowTrainer(
         train_loop_per_worker=worker_entry,
         train_loop_config={
@@ -208,7 +205,7 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
         scaling_config=ScalingConfig(
             num_workers=s.num_workers,
             use_gpu=s.use_gpu,
-            resources_per_worker=resources,
+            resources_per_worker=worker_resources(s),
             placement_strategy=s.placement_strategy,
         ),
         run_config=RunConfig(
