@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -74,6 +75,9 @@ AUGMENT_OPS: dict[str, tuple[float | None, tuple[float, float] | None]] = {
 }
 # Label-preserving for most photos (not for text, digits or left/right labels: see docs/data.md).
 DEFAULT_AUGMENT = ("flip_left_right", "brightness:0.08", "contrast:0.15")
+# Images above this many pixels (width x height) are never decoded: ~120 MB as 8-bit RGB.
+# job/data/image_limits.py reads the size from the header and says where it is enforced.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def parse_augment_policy(key: str, value: Any) -> tuple[str, ...]:
@@ -158,6 +162,14 @@ class DataConfig:
     )
     cache_validation: bool = setting(True, "Keep the val split's encoded images in memory after the first epoch.")
     verify_checksums: bool = setting(True, "Check every shard's size and sha256 against dataset.json before training.")
+    max_pixels: int = setting(
+        DEFAULT_MAX_PIXELS,
+        "Largest image (width x height pixels) decoded; a larger one is skipped (training, "
+        "evaluation) or refused (predict, the exported model), read from its header without "
+        "decoding it. prepare --max-pixels refuses it up front.",
+        min=1,
+        max=4_000_000_000,
+    )
 
 
 @dataclass(frozen=True)
@@ -268,6 +280,25 @@ class CheckpointConfig:
     keep_best: int = setting(2, "Checkpoints kept by lowest val_loss (the latest is kept as well).", min=1, max=1000)
 
 
+def parse_bind_address(key: str, value: Any) -> str:
+    """`telemetry.bind_address`: "auto" (job.telemetry.resolve_bind_address) or an IP address.
+
+    Host names are refused: one name can stand for several addresses, and a typo would only
+    show up as a missing /metrics endpoint. Returns the address in its canonical spelling.
+    """
+    expected = f"Config key {key} must be auto or an IP address such as 127.0.0.1 or 0.0.0.0"
+    if not isinstance(value, str):
+        hint = " (quote an IPv6 address: '\"::\"')" if isinstance(value, dict) else ""
+        raise ConfigError(f"{expected}, got {value!r}{hint}.")
+    value = value.strip()
+    if value == "auto":
+        return value
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError(f"{expected}, got {value!r}.") from None
+
+
 @dataclass(frozen=True)
 class TelemetryConfig:
     """Prometheus metrics."""
@@ -279,6 +310,12 @@ class TelemetryConfig:
     )
     final_scrape_wait_seconds: float = setting(
         0.0, "Keep the driver's /metrics up this long after the run ends.", min=0.0, max=3600.0
+    )
+    bind_address: str = setting(
+        "auto",
+        "Address the /metrics servers listen on: auto (loopback, or all interfaces in a Kubernetes pod "
+        "or on a Ray cluster joined through RAY_ADDRESS), or an IP such as 127.0.0.1 or 0.0.0.0.",
+        parse=lambda key, value: parse_bind_address(key, value),
     )
 
 
@@ -300,6 +337,13 @@ class Config:
     """A whole run."""
 
     run_name: str = setting("", "Stable run name; empty means the last part of --output.")
+    lease_timeout_seconds: float = setting(
+        60.0,
+        "A run holds a lease on --output and renews it every quarter of this; a second run takes it over "
+        "only when it is this old (or its holder provably exited, or belongs to the same JOB_RUN_CHAIN).",
+        min=2.0,
+        max=3600.0,
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

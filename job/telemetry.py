@@ -10,11 +10,16 @@ This module imports prometheus_client only: no TensorFlow, no Ray.
 
 Telemetry must never stop training: a port that is taken or a server that will not start is
 logged as a warning and the object keeps recording into its registry without serving it.
+
+Where the servers listen is ``telemetry.bind_address`` (``resolve_bind_address``): by default
+loopback on a laptop, all interfaces in a pod or on a Ray cluster, where Prometheus scrapes
+from another machine.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -31,8 +36,12 @@ from prometheus_client import (
 
 log = logging.getLogger(__name__)
 
-#: Address the HTTP servers bind to: pods are scraped from other nodes, so not loopback.
-BIND_ADDRESS = "0.0.0.0"
+#: ``telemetry.bind_address`` value that picks the address from where the process runs.
+AUTO_BIND = "auto"
+#: What "auto" binds outside a pod or cluster: only this machine can scrape.
+LOOPBACK_ADDRESS = "127.0.0.1"
+#: What "auto" binds in a pod or on a Ray cluster: Prometheus scrapes from other machines.
+ALL_INTERFACES = "0.0.0.0"
 
 #: Step times from 5 ms (a tiny model on a GPU) to 60 s (a huge batch on CPU).
 STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -62,6 +71,36 @@ EPOCH_GAUGES: dict[str, tuple[str, str]] = {
 }
 
 
+def resolve_bind_address(setting: str = AUTO_BIND, environ: Mapping[str, str] | None = None) -> str:
+    """Return the address the ``/metrics`` servers listen on for ``telemetry.bind_address``.
+
+    An explicit address is returned as it is (the config has checked it is an IP address;
+    one that cannot be bound is a warning when the server starts). "auto" reads the
+    environment:
+
+    - ``KUBERNETES_SERVICE_HOST`` set (the kubelet sets it in every pod): all interfaces, so
+      the PodMonitor's Prometheus can scrape the pod's IP;
+    - ``RAY_ADDRESS`` set: the process joined an existing Ray cluster (the driver of a
+      cluster run, as ``ray job submit`` and ``job.cluster.driver.connect`` see it, or a Ray
+      node that KubeRay started): all interfaces, the workers may be on other machines;
+    - otherwise (``train --local``, or a Ray that the driver starts on this machine):
+      loopback, so a laptop does not publish its metrics to the network it is on.
+
+    Args:
+        setting: "auto" or an IP address.
+        environ: the environment to read (default ``os.environ``).
+
+    Returns:
+        An IP address literal, e.g. "127.0.0.1" or "0.0.0.0".
+    """
+    if setting != AUTO_BIND:
+        return setting
+    env = os.environ if environ is None else environ
+    if env.get("KUBERNETES_SERVICE_HOST") or env.get("RAY_ADDRESS"):
+        return ALL_INTERFACES
+    return LOOPBACK_ADDRESS
+
+
 def worker_port(base_port: int, local_rank: int) -> int:
     """Return the metrics port of the worker with ``local_rank`` on its node.
 
@@ -80,9 +119,11 @@ def worker_port(base_port: int, local_rank: int) -> int:
 class _Exporter:
     """A private registry plus an optional HTTP server that serves it on ``/metrics``."""
 
-    def __init__(self, who: str, port: int | None, enabled: bool) -> None:
+    def __init__(self, who: str, port: int | None, enabled: bool, bind_address: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.port: int | None = None
+        #: The address the server listens on (resolved from "auto" when it starts).
+        self.bind_address: str = bind_address
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._who = who
@@ -92,20 +133,23 @@ class _Exporter:
         """Start the HTTP server if a port was asked for; warn and carry on if it fails."""
         if self._wanted_port is None:
             return
+        self.bind_address = resolve_bind_address(self.bind_address)
         try:
-            self._server, self._thread = start_http_server(self._wanted_port, addr=BIND_ADDRESS, registry=self.registry)
+            self._server, self._thread = start_http_server(
+                self._wanted_port, addr=self.bind_address, registry=self.registry
+            )
         except OSError as exc:
             log.warning(
                 "%s metrics: cannot serve on %s:%d (%s); training continues without a "
-                "/metrics endpoint. Free the port or set telemetry ports in the config.",
+                "/metrics endpoint. Free the port or set telemetry ports (or telemetry.bind_address) in the config.",
                 self._who,
-                BIND_ADDRESS,
+                self.bind_address,
                 self._wanted_port,
                 exc,
             )
             return
         self.port = int(self._server.server_address[1])
-        log.debug("%s metrics on http://%s:%d/metrics", self._who, BIND_ADDRESS, self.port)
+        log.debug("%s metrics on http://%s:%d/metrics", self._who, self.bind_address, self.port)
 
     def exposition(self) -> bytes:
         """Return the registry in the Prometheus text format (what a scrape would get)."""
@@ -137,10 +181,13 @@ class WorkerTelemetry(_Exporter):
         rank: the worker's global rank.
         port: the port to serve ``/metrics`` on (see ``worker_port``); None or 0 serves nothing.
         enabled: False serves nothing (recording still works and costs little).
+        bind_address: ``telemetry.bind_address``: "auto" (``resolve_bind_address``) or an IP.
     """
 
-    def __init__(self, run: str, rank: int, port: int | None, enabled: bool = True) -> None:
-        super().__init__(f"worker rank {rank}", port, enabled)
+    def __init__(
+        self, run: str, rank: int, port: int | None, enabled: bool = True, bind_address: str = AUTO_BIND
+    ) -> None:
+        super().__init__(f"worker rank {rank}", port, enabled, bind_address)
         self.run = run
         self.rank = rank
         labels = ("run", "rank")
@@ -269,10 +316,11 @@ class DriverTelemetry(_Exporter):
         run: the run name.
         port: the port to serve ``/metrics`` on (``telemetry.driver_port``); None or 0 serves nothing.
         enabled: False serves nothing.
+        bind_address: ``telemetry.bind_address``: "auto" (``resolve_bind_address``) or an IP.
     """
 
-    def __init__(self, run: str, port: int | None, enabled: bool = True) -> None:
-        super().__init__("driver", port, enabled)
+    def __init__(self, run: str, port: int | None, enabled: bool = True, bind_address: str = AUTO_BIND) -> None:
+        super().__init__("driver", port, enabled, bind_address)
         self.run = run
         reg = self.registry
         self._state = Gauge(

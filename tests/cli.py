@@ -91,13 +91,13 @@ def run_cli(
     return run_command([sys.executable, "-m", "job", *args], env=env, timeout=timeout, check=check)
 
 
-def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+def start_cli(*args: str, env: dict | None = None, prefix: Sequence[str] = ()) -> subprocess.Popen:
     """Start `python -m job ARGS` in its own process group (stop it with kill_group).
 
-    stderr is merged into stdout.
+    stderr is merged into stdout. `prefix` runs it under another command (e.g. `unshare`).
     """
     return subprocess.Popen(
-        [sys.executable, "-m", "job", *args],
+        [*prefix, sys.executable, "-m", "job", *args],
         cwd=REPO,
         env=_environment(env),
         text=True,

@@ -10,7 +10,8 @@ rayjob_controller.go, v1.6; the kubelet's documented behaviour):
   volumes (the rendered ConfigMap's files, at the mount path), the image's own folders
   (/opt/venv -> this virtualenv, /opt/multilabel/configs -> configs/). Commands and env
   values are rewritten through that map, nothing else in them.
-- **Environment.** The image's `ENV` (final stage of the Dockerfile), then what KubeRay
+- **Environment.** The image's `ENV` (final stage of the Dockerfile), what the kubelet puts
+  in every container (`KUBERNETES_SERVICE_HOST`/`_PORT`, `KUBELET_ENV`), then what KubeRay
   injects, then the container's `envFrom` (ConfigMaps from the rendered objects, Secrets the
   test supplies as a user would create them; a missing non-optional one fails the pod), then
   `env` (`value`, `secretKeyRef`, `configMapKeyRef`). Cluster DNS names of Services are
@@ -51,6 +52,10 @@ DASHBOARD_AGENT_PORT = 52365
 # Paths inside the image, and what stands for them here.
 RAY_TEMP_DIR = "/tmp/ray"
 IMAGE_PATHS = {"/opt/venv": Path(sys.prefix), "/opt/multilabel/configs": REPO / "configs"}
+# The kubelet gives every container the API server's Service address (the `kubernetes`
+# Service's cluster IP, 10.96.0.1 in a default cluster), with or without enableServiceLinks.
+# Nothing here answers on it; code uses it to tell that it runs in a pod.
+KUBELET_ENV = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 
 
 # ---------------------------------------------------------------------------- quantities
@@ -218,7 +223,7 @@ class KubeRayEmulator:
     def env(self, pod: Pod, container: dict[str, Any], injected: dict[str, str]) -> dict[str, str]:
         """The process environment of `container` in `pod`, with paths and DNS names mapped."""
         who = f"{pod.name}/{container['name']}"
-        env = {**image_env(), **injected}
+        env = {**image_env(), **KUBELET_ENV, **injected}
         for source in container.get("envFrom", []):
             ref = source.get("configMapRef") or source.get("secretRef")
             lookup = self._configmap if "configMapRef" in source else self._secret

@@ -13,7 +13,10 @@ May import: every other wing.
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
+import threading
 
 from job.cli import (
     analyze,
@@ -28,6 +31,7 @@ from job.cli import (
 )
 from job.console import setup_logging
 from job.errors import UserError
+from job.storage import scratch
 
 COMMANDS = {
     "demo": demo,
@@ -62,10 +66,34 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, set up the console, run the command; user errors become one line on stderr."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if threading.current_thread() is threading.main_thread():
+        # Kubernetes and `ray job stop` stop a driver with SIGTERM. As SystemExit it unwinds
+        # like an error: the run lease is released and scratch space removed.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return _run(args)
+    finally:
+        scratch.cleanup()  # every exit path, not only the ones that reach atexit
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with user errors turned into one `error:` line."""
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # A full disk can surface from any library's own writes (TensorFlow's checkpoint and
+        # event files, temp files); ours say which path, theirs at least say what to do.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"error: {exc.strerror}{where}. Free space on that disk or choose another location; "
+            "files are published only when complete, so nothing half-written was left as a result.",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)

@@ -8,6 +8,11 @@ Results go to stdout (logs go to stderr), as a table or as JSON lines:
   {"image": "a.jpg", "labels": ["sea", "sunset"], "probabilities": {"desert": 0.01, ...},
    "thresholds": {"desert": 0.27, ...}}
 
+An image above the model's pixel limit (the run's data.max_pixels, 40 Mpx by default; width x
+height read from the file's header) is not decoded: it gets an `error:` line on stderr (and
+with --format json a {"image": ..., "error": ...} line in its place), the other images are
+predicted, and the command then exits 1 saying how many were refused.
+
 Example:
   python -m job predict --model models/demo a.jpg b.png --format json
 """
@@ -59,7 +64,7 @@ def format_table(images: list[str], class_names: list[str], probabilities, decis
 
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: it loads TensorFlow, and `--help` must stay instant.
-    from job.evaluation.export import load_predictor, read_images
+    from job.evaluation.export import load_predictor, model_pixel_limit, read_images
 
     _logs_to_stderr()
     if args.batch_size < 1:
@@ -69,22 +74,31 @@ def run(args: argparse.Namespace) -> int:
     first_s3_image = next((i for i in args.images if storage.is_s3(i)), None)
     if first_s3_image:
         storage.check_access(first_s3_image)
-    data = read_images(args.images)
-    predictor = load_predictor(args.model)
-    result = predictor.predict(data, batch_size=args.batch_size)
-    names = predictor.class_names
+    # Images above the model's pixel limit are refused from their header, never decoded.
+    read = read_images(args.images, max_pixels=model_pixel_limit(args.model))
+    for image, problem in read.refused:
+        print(f"error: {image}: {problem}; not predicted", file=sys.stderr)
+    rows = {image: {"image": image, "error": problem} for image, problem in read.refused}
+    if read.data:
+        predictor = load_predictor(args.model)
+        result = predictor.predict(read.data, batch_size=args.batch_size)
+        names = predictor.class_names
+        for image, probs, decisions in zip(read.uris, result.probabilities, result.decisions):
+            rows[image] = {
+                "image": image,
+                "labels": [n for n, d in zip(names, decisions) if d],
+                "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)},
+                "thresholds": {n: round(float(t), 6) for n, t in zip(names, predictor.thresholds)},
+            }
+        if args.format == "table":
+            print(format_table(read.uris, names, result.probabilities, result.decisions))
     if args.format == "json":
-        for image, probs, decisions in zip(args.images, result.probabilities, result.decisions):
-            print(
-                json.dumps(
-                    {
-                        "image": image,
-                        "labels": [n for n, d in zip(names, decisions) if d],
-                        "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)},
-                        "thresholds": {n: round(float(t), 6) for n, t in zip(names, predictor.thresholds)},
-                    }
-                )
-            )
-    else:
-        print(format_table(args.images, names, result.probabilities, result.decisions))
+        for image in args.images:
+            print(json.dumps(rows[image]))
+    if read.refused:
+        raise UserError(
+            f"{len(read.refused)} of {len(args.images)} image(s) were not predicted: above the model's pixel "
+            "limit (listed above). Downscale them; the limit is the run's data.max_pixels, which an "
+            "exported model keeps."
+        )
     return 0

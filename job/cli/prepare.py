@@ -24,6 +24,7 @@ import argparse
 import os
 import sys
 
+from job.data.image_limits import DEFAULT_MAX_PIXELS, format_pixels
 from job.data.prepare import (
     DEFAULT_JPEG_QUALITY,
     DEFAULT_MIN_TRAIN_SHARDS,
@@ -98,11 +99,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "and report how many; default: stop and list them.",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace a data set already at --out. The switch is atomic: readers see the old set until "
+        "the new one is complete, and a kill leaves one of the two whole.",
+    )
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="Accept CSV rows whose file resolves outside --images (e.g. an images folder of symlinks "
+        "into a shared store); default: such rows are bad rows.",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=default_threads(),
         metavar="N",
         help=f"Threads that read, check and re-encode images (default {default_threads()}).",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="An image above N pixels (width x height, read from its header without decoding it) is a bad "
+        f"row (default {DEFAULT_MAX_PIXELS}, {format_pixels(DEFAULT_MAX_PIXELS)}; training's data.max_pixels "
+        "skips larger ones too).",
     )
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
 
@@ -120,7 +142,10 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         jpeg_quality=args.jpeg_quality,
         skip_bad_rows=args.skip_bad_rows,
+        allow_outside=args.allow_outside,
+        overwrite=args.overwrite,
         threads=args.threads,
+        max_pixels=args.max_pixels,
     )
     result = prepare_dataset(args.images, args.labels, args.out, options, progress=not args.quiet)
     manifest = result.manifest

@@ -49,6 +49,9 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
         help="Probability of each label, in the family's label order (default 0.35 each for scenes, "
         "0.15 each for objects).",
     )
+    s.add_argument(
+        "--overwrite", action="store_true", help="Replace a data set already at --out (atomically, as `prepare` does)."
+    )
     s.add_argument("--quiet", action="store_true", help="No progress bar.")
 
 
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     seconds = time.perf_counter() - start
     sizes = ", ".join(f"{s} {manifest.num_examples(s)}" for s in manifest.splits)

@@ -32,9 +32,10 @@ from job.cluster.worker import quiet_ray_data, worker_entry
 from job.config import Config, config_to_dict
 from job.console import is_verbose, setup_worker_logging
 from job.errors import UserError
-from job.launch.plan import RunPlan, finish_run, start_run
+from job.launch.plan import RunPlan, finish_run, started_run
+from job.storage import scratch
 from job.storage.run_store import RunStore
-from job.telemetry import DriverTelemetry
+from job.telemetry import DriverTelemetry, resolve_bind_address
 from job.training import checkpoints
 
 log = logging.getLogger(__name__)
@@ -137,22 +138,27 @@ def run_distributed(
     cfg: Config, data_uri: str, output_uri: str, run_name: str | None = None, dry_run: bool = False
 ) -> dict | None:
     """Plan, check, train on Ray Train, evaluate. Returns metrics.json's content."""
-    plan = start_run(cfg, data_uri, output_uri, run_name, cfg.scaling.num_workers, dry_run)
-    if plan is None:
-        return None
-    telemetry = DriverTelemetry(plan.run_name, cfg.telemetry.driver_port, enabled=cfg.telemetry.enabled)
-    telemetry.set_state("running")
-    try:
-        history = _fit(cfg, plan, telemetry)
-        metrics = _finish(cfg, plan, history)
-    except BaseException:
-        telemetry.set_state("failed")
+    with started_run(cfg, data_uri, output_uri, run_name, cfg.scaling.num_workers, dry_run) as plan:
+        if plan is None:
+            return None
+        telemetry = DriverTelemetry(
+            plan.run_name,
+            cfg.telemetry.driver_port,
+            enabled=cfg.telemetry.enabled,
+            bind_address=cfg.telemetry.bind_address,
+        )
+        telemetry.set_state("running")
+        try:
+            history = _fit(cfg, plan, telemetry)
+            metrics = _finish(cfg, plan, history)
+        except BaseException:
+            telemetry.set_state("failed")
+            _linger(cfg, telemetry)
+            raise
+        telemetry.add_s3_retries(storage.retry_count())
+        telemetry.set_state("succeeded")
         _linger(cfg, telemetry)
-        raise
-    telemetry.add_s3_retries(storage.retry_count())
-    telemetry.set_state("succeeded")
-    _linger(cfg, telemetry)
-    return metrics
+        return metrics
 
 
 def _finish(cfg: Config, plan: RunPlan, history: list[dict]) -> dict:
@@ -180,7 +186,10 @@ def _finish(cfg: Config, plan: RunPlan, history: list[dict]) -> dict:
 
 def _finish_on_worker(cfg: Config, plan: RunPlan, history: list[dict]) -> dict:
     setup_worker_logging(rank=0)
-    return finish_run(cfg, plan, history)
+    try:
+        return finish_run(cfg, plan, history)
+    finally:
+        scratch.cleanup()  # Ray may end this worker process without running atexit handlers
 
 
 def _linger(cfg: Config, telemetry) -> None:
@@ -196,10 +205,15 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
     quiet_ray_data()
     datasets = {split: ray_dataset(plan.data_uri, plan.manifest, split) for split in ("train", "val")}
     fs, runs_root = storage.arrow_filesystem(storage.parent(plan.run_uri))
+    # The workers' metrics address is decided here, where it is known whether Ray is this
+    # machine's own (loopback) or a cluster joined through RAY_ADDRESS (all interfaces); a
+    # worker process cannot tell the two apart from its environment.
+    bind_address = resolve_bind_address(cfg.telemetry.bind_address)
+    worker_cfg = dataclasses.replace(cfg, telemetry=dataclasses.replace(cfg.telemetry, bind_address=bind_address))
     trainer = TensorflowTrainer(
         train_loop_per_worker=worker_entry,
         train_loop_config={
-            "config": config_to_dict(cfg),
+            "config": config_to_dict(worker_cfg),
             "plan": dataclasses.asdict(plan.for_workers()),
         },
         scaling_config=ScalingConfig(

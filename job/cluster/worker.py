@@ -15,6 +15,7 @@ from ray.data import DataContext
 
 from job.config import config_from_dict
 from job.console import is_verbose, setup_worker_logging
+from job.storage import scratch
 from job.storage.run_store import RunStore, checkpoint_dir_name
 from job.telemetry import WorkerTelemetry, worker_port
 from job.training import checkpoints
@@ -80,6 +81,7 @@ def worker_entry(config: dict[str, Any]) -> None:
         info.rank,
         worker_port(cfg.telemetry.worker_port_base, info.local_rank),
         enabled=cfg.telemetry.enabled,
+        bind_address=cfg.telemetry.bind_address,
     )
     try:
         loop.train_worker(
@@ -94,3 +96,5 @@ def worker_entry(config: dict[str, Any]) -> None:
         )
     finally:
         telemetry.close()
+        # Ray may end this process without running atexit handlers.
+        scratch.cleanup()

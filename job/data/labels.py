@@ -11,6 +11,7 @@ All statistics take `y`, an (images, labels) array of 0/1 values, and use numpy 
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,24 @@ DEFAULT_CORRELATION_THRESHOLD = 0.95
 
 
 # --------------------------------------------------------------------------- encoding
+
+
+def normalize_label(name: str) -> str:
+    """Return a label name in Unicode NFC, the one form every label is compared and stored in.
+
+    The same visible name can arrive as different code points: "café" typed on one keyboard
+    is U+00E9, pasted from another program it is "e" + U+0301 (combining acute). Without
+    normalisation those would be two classes that look identical everywhere they are shown.
+    NFC composes such sequences and changes nothing else: no case folding, no compatibility
+    mapping (NFKC would turn "ﬁ" into "fi" and "²" into "2", which may be meant), no trimming.
+
+    Args:
+        name: a label name as read from a CSV, `--classes` or dataset.json.
+
+    Returns:
+        The NFC form of `name` (`name` itself when it is already NFC, e.g. any ASCII name).
+    """
+    return unicodedata.normalize("NFC", name)
 
 
 def to_multi_hot(names: Sequence[str], class_names: Sequence[str]) -> np.ndarray:
@@ -43,12 +62,13 @@ def to_multi_hot(names: Sequence[str], class_names: Sequence[str]) -> np.ndarray
     index = _class_index(class_names)
     row = np.zeros(len(class_names), dtype=np.uint8)
     for name in names:
-        if name not in index:
+        key = normalize_label(name)
+        if key not in index:
             raise UserError(
                 f"unknown label {name!r}; known labels are: {', '.join(class_names)}. "
                 "Fix the label in the data, or add it to the class names."
             )
-        row[index[name]] = 1
+        row[index[key]] = 1
     return row
 
 
@@ -75,17 +95,18 @@ def parse_label_field(text: str) -> list[str]:
         text: e.g. "sea sunset  sea".
 
     Returns:
-        The names with duplicates removed and first-seen order kept, e.g. ["sea", "sunset"].
+        The names in Unicode NFC (`normalize_label`), with duplicates removed and first-seen
+        order kept, e.g. ["sea", "sunset"]; "café" spelt two ways counts once.
     """
     # dict keeps insertion order, so this de-duplicates without reordering.
-    return list(dict.fromkeys(text.split()))
+    return list(dict.fromkeys(normalize_label(name) for name in text.split()))
 
 
 def _class_index(class_names: Sequence[str]) -> dict[str, int]:
-    """Map each class name to its column; duplicate names would make columns ambiguous."""
-    index = {name: i for i, name in enumerate(class_names)}
+    """Map each class name (in NFC) to its column; duplicate names would make columns ambiguous."""
+    index = {normalize_label(name): i for i, name in enumerate(class_names)}
     if len(index) != len(class_names):
-        raise ValueError(f"class names contain duplicates: {list(class_names)}")
+        raise ValueError(f"class names contain duplicates (after Unicode NFC normalisation): {list(class_names)}")
     return index
 
 

@@ -5,10 +5,16 @@ Two sources feed the same chain:
   evaluation), one shard in memory at a time;
 - `examples_from_batches`: column batches handed over by Ray Data (`get_dataset_shard`).
 Both yield (encoded image bytes, float32 multi-hot labels); `make_pipeline` does the rest.
+
+An image above `data.max_pixels` (width x height, read from its header in the graph by
+`encoded_image_shape`) is never decoded: `make_pipeline` skips it, counts it
+(`skipped_over_pixel_limit`) and logs a warning; `decode_image(..., max_pixels=)` (the
+exported model, predict) refuses it with an InvalidArgumentError instead.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import tempfile
@@ -23,6 +29,10 @@ from job import storage
 from job.config import DataConfig
 from job.data import shards
 from job.data.augment import augment_image
+from job.data.image_limits import format_pixels
+from job.storage import scratch
+
+log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Encoded examples read ahead of the decode stage (~KB each: a few MB at most for JPEGs).
@@ -69,7 +79,7 @@ def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tupl
         # The framing check catches a file cut inside a record header, which TensorFlow's
         # reader would take for a clean end of file.
         count = len(shards.split_tfrecord(data, uri))
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(dir=scratch.root()) as tmp:
             path = os.path.join(tmp, "shard.tfrecord")
             with open(path, "wb") as fh:
                 fh.write(data)
@@ -225,8 +235,139 @@ def examples_from_batches(
 # ---------------------------------------------------------------------------- transforms
 
 
-def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Encoded JPEG/PNG bytes -> float32 pixels in [0, 255], shape (size, size, 3)."""
+# Messages of over-limit images, as tests and callers look for them.
+PIXEL_LIMIT_MESSAGE = "is above the pixel limit"
+
+
+def _uint(raw: tf.Tensor, offsets: tuple[int, ...]) -> tf.Tensor:
+    """The unsigned integer made of raw[offsets] (most significant byte first), as int64."""
+    value = tf.constant(0, tf.int64)
+    for offset in offsets:
+        value = value * 256 + raw[offset]
+    return value
+
+
+def encoded_image_shape(image_bytes: tf.Tensor) -> tf.Tensor:
+    """int64 [height, width] of an encoded image read from its header, in the graph; [-1, -1] if unknown.
+
+    Reads what `tf.io.decode_image` would allocate, without decoding: JPEG through
+    `tf.io.extract_jpeg_shape` (libjpeg's header reader), PNG from IHDR, GIF from the logical
+    screen (every frame is that size), BMP from the DIB header as TensorFlow reads it. The
+    encoding is told from the leading bytes as decode_image tells it. Unknown encodings and
+    headers cut short give [-1, -1]: the decoder then says what is wrong.
+    `job.data.image_limits.read_image_size` is the same reading in plain Python.
+    """
+    head = tf.strings.substr(image_bytes, 0, 26)
+    length = tf.strings.length(head)
+    # Always 26 bytes, zero-padded, so the lookups below need no bounds checks (substr
+    # past the end of a string is an error).
+    padded = tf.strings.substr(tf.strings.join([head, b"\0" * 26]), 0, 26)
+    raw = tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)
+
+    def starts(magic: bytes, offset: int = 0) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(padded, offset, len(magic)), magic)
+
+    png = starts(b"\x89PN") & starts(b"IHDR", 12) & (length >= 24)
+    gif = starts(b"GIF") & (length >= 10)
+    bmp = starts(b"BM") & (length >= 26)
+
+    def int32_le(offset: int) -> tf.Tensor:
+        value = _uint(raw, (offset + 3, offset + 2, offset + 1, offset))
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))  # negative BMP height: top-down rows
+
+    unknown = tf.constant([-1, -1], tf.int64)
+    shape = tf.where(
+        png,
+        tf.stack([_uint(raw, (20, 21, 22, 23)), _uint(raw, (16, 17, 18, 19))]),
+        tf.where(
+            gif,
+            tf.stack([_uint(raw, (9, 8)), _uint(raw, (7, 6))]),
+            tf.where(bmp, tf.stack([int32_le(22), int32_le(18)]), unknown),
+        ),
+    )
+    return tf.cond(
+        starts(b"\xff\xd8\xff"), lambda: tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64), lambda: shape
+    )
+
+
+def encoded_image_pixels(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(int64 [height, width] from the header, int64 pixel count; 0 when the header is unreadable)."""
+    shape = encoded_image_shape(image_bytes)
+    return shape, tf.where(shape[0] >= 0, shape[0] * shape[1], tf.constant(0, tf.int64))
+
+
+_skips_lock = threading.Lock()
+_skips = 0
+# Warnings for the first skips of a process, then one per SKIP_WARN_EVERY.
+SKIP_WARN_FIRST = 20
+SKIP_WARN_EVERY = 1000
+
+
+def skipped_over_pixel_limit() -> int:
+    """Examples this process's input pipelines skipped for being above the pixel limit."""
+    return _skips
+
+
+def _note_skip(shape: np.ndarray, size: np.int64, max_pixels: np.int64) -> np.bool_:
+    """Count and log one skipped example (runs only for an over-limit image); returns False."""
+    global _skips
+    with _skips_lock:
+        _skips += 1
+        count = _skips
+    if count <= SKIP_WARN_FIRST or count % SKIP_WARN_EVERY == 0:
+        height, width = int(shape[0]), int(shape[1])
+        log.warning(
+            "skipped an example whose image is %dx%d = %s (%s bytes encoded), above the pixel limit of %s "
+            "(data.max_pixels); it is not decoded. %d example(s) skipped so far in this process. "
+            "`python -m job prepare --max-pixels` refuses such images when the data set is made.",
+            width,
+            height,
+            format_pixels(width * height),
+            f"{int(size):,}",
+            format_pixels(int(max_pixels)),
+            count,
+        )
+    return np.bool_(False)
+
+
+def within_pixel_limit(image_bytes: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    """A scalar bool for `Dataset.filter`: True if the image is at most `max_pixels` (or unreadable).
+
+    An image above the limit gives False and is counted and logged (`skipped_over_pixel_limit`);
+    only its header is read.
+    """
+    shape, pixels = encoded_image_pixels(image_bytes)
+    limit = tf.constant(max_pixels, tf.int64)
+
+    def skip():
+        kept = tf.numpy_function(
+            _note_skip, [shape, tf.strings.length(image_bytes, unit="BYTE"), limit], tf.bool, stateful=True
+        )
+        return tf.reshape(kept, [])
+
+    return tf.cond(pixels <= limit, lambda: tf.constant(True), skip)
+
+
+def assert_within_pixel_limit(image_bytes: tf.Tensor, max_pixels: int | tf.Tensor) -> tf.Operation:
+    """An assertion op: InvalidArgumentError naming the size if the image is above `max_pixels`."""
+    shape, pixels = encoded_image_pixels(image_bytes)
+    limit = tf.cast(max_pixels, tf.int64)
+    message = tf.strings.format(
+        "image of {}x{} = {} pixels " + PIXEL_LIMIT_MESSAGE + " of {} pixels (data.max_pixels); it was not decoded",
+        [shape[1], shape[0], pixels, limit],
+    )
+    return tf.debugging.Assert(pixels <= limit, [message])
+
+
+def decode_image(image_bytes: tf.Tensor, image_size: int, max_pixels: int | tf.Tensor | None = None) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP bytes -> float32 pixels in [0, 255], shape (size, size, 3).
+
+    With `max_pixels`, an image above that many pixels (read from its header) raises
+    InvalidArgumentError before anything is decoded.
+    """
+    if max_pixels is not None:
+        with tf.control_dependencies([assert_within_pixel_limit(image_bytes, max_pixels)]):
+            image_bytes = tf.identity(image_bytes)
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image = tf.image.resize(image, [image_size, image_size], antialias=True)
     return tf.clip_by_value(image, 0.0, 255.0)
@@ -254,7 +395,9 @@ def make_pipeline(
         drop_remainder: keep every batch the same size (equal steps on every rank).
     """
     parallel = cfg.parallel_calls or AUTOTUNE
-    ds = examples
+    # Read each image's size from its header and skip (count, log) those above the limit
+    # before anything decodes them: a few KB of PNG can hold a 20000 x 20000 image.
+    ds = examples.filter(lambda img, _y: within_pixel_limit(img, cfg.max_pixels))
     if training and cfg.shuffle_buffer_examples > 1:
         # Shuffle encoded bytes, not decoded pixels: the buffer costs ~KB per example, and
         # its size is bounded by config, not by the data set.

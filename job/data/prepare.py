@@ -37,7 +37,8 @@ import numpy as np
 
 from job import storage
 from job.data import shards, splits
-from job.data.labels import parse_label_field, to_multi_hot
+from job.data.image_limits import DEFAULT_MAX_PIXELS, check_pixel_limit, pixel_limit_problem
+from job.data.labels import normalize_label, parse_label_field, to_multi_hot
 from job.errors import UserError
 from job.progress import Progress
 
@@ -107,6 +108,12 @@ class PrepareOptions:
     """With reencode: JPEG quality, 1..95 (None means 90)."""
     skip_bad_rows: bool = False
     """Leave out bad rows (and report them) instead of stopping."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """An image above this many pixels (width x height, read from its header) is a bad row."""
+    allow_outside: bool = False
+    """Accept rows whose file resolves outside the images folder (e.g. a folder of symlinks)."""
+    overwrite: bool = False
+    """Replace a data set already at the output (atomically; readers keep the old one until done)."""
     threads: int = field(default_factory=default_threads)
     """Threads that read, check and re-encode images."""
 
@@ -136,6 +143,8 @@ class PrepareOptions:
             raise UserError(f"--jpeg-quality must be in 1..95, got {self.jpeg_quality}.")
         if self.threads < 1:
             raise UserError(f"--threads must be at least 1, got {self.threads}.")
+        if self.max_pixels < 1:
+            raise UserError(f"--max-pixels must be at least 1, got {self.max_pixels}.")
         if self.classes is not None:
             check_class_names(self.classes)
 
@@ -159,7 +168,7 @@ class PrepareResult:
 
 def parse_classes(text: str) -> tuple[str, ...]:
     """`--classes a,b,c` -> ("a", "b", "c"), checked."""
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    names = tuple(normalize_label(n.strip()) for n in text.split(",") if n.strip())
     check_class_names(names)
     return names
 
@@ -237,11 +246,14 @@ def read_rows(labels_csv: str, images_dir: str) -> list[Row]:
 # ---------------------------------------------------------------------------- checking rows
 
 
-def check_image_file(path: str, pass_through: bool) -> str | None:
+def check_image_file(path: str, pass_through: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """None if the file is an image we can use, else the problem in words.
 
-    Decodes the whole image (for JPEG at 1/8 scale, which still reads every byte, so a
-    truncated file is caught at a fraction of the cost).
+    First the pixel count, from the header alone: an image above `max_pixels` is refused
+    before anything decodes it (a 48 KB PNG can hold 20000 x 20000 pixels, ~1.2 GB decoded;
+    PIL's own DecompressionBombError only comes at ~179 Mpx). Then it decodes the whole
+    image (for JPEG at 1/8 scale, which still reads every byte, so a truncated file is
+    caught at a fraction of the cost).
     """
     from PIL import Image
 
@@ -250,8 +262,19 @@ def check_image_file(path: str, pass_through: bool) -> str | None:
     if not os.path.isfile(path):
         return f"not a file: {path}"
     try:
+        with open(path, "rb") as fh:
+            too_big = check_pixel_limit(fh, max_pixels, "--max-pixels")
+    except OSError as exc:
+        return f"the image cannot be read ({type(exc).__name__}: {exc})"
+    if too_big:
+        return too_big
+    try:
         with Image.open(path) as im:
             fmt, mode, (width, height) = im.format, im.mode, im.size
+            # The size of formats image_limits does not read (TIFF, WebP...): Image.open read the header only.
+            too_big = pixel_limit_problem(width, height, max_pixels, "--max-pixels")
+            if too_big:
+                return too_big
             if fmt == "JPEG":
                 im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             im.load()
@@ -271,26 +294,45 @@ def check_image_file(path: str, pass_through: bool) -> str | None:
 
 
 def check_rows(
-    rows: Sequence[Row], classes: Sequence[str] | None, *, pass_through: bool, threads: int, progress: bool = False
+    rows: Sequence[Row],
+    classes: Sequence[str] | None,
+    *,
+    images_dir: str,
+    pass_through: bool,
+    threads: int,
+    allow_outside: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
 ) -> tuple[list[Row], list[BadRow]]:
-    """Split rows into usable ones and bad ones (each with its problem), keeping CSV order."""
+    """Split rows into usable ones and bad ones (each with its problem), keeping CSV order.
+
+    A row is bad when its file resolves (symlinks and `..` followed) outside `images_dir`
+    (unless `allow_outside`), when an earlier row reaches the same file or a file with the
+    same bytes, when it has labels outside `classes`, or when its image is unusable.
+    """
     bad: dict[int, BadRow] = {}
     known = set(classes) if classes is not None else None
-    first_seen: dict[str, int] = {}
+    first_seen: dict[str, Row] = {}
     candidates = []
+    inside = os.path.realpath(images_dir)
     for row in rows:
         if not row.image:
             bad[row.number] = BadRow(row.number, row.image, "the image field is empty")
             continue
-        key = os.path.normpath(row.image)
-        if key in first_seen:
+        # The file the name really reaches: `a/../b.jpg`, `./b.jpg` and a symlink to b.jpg are b.jpg.
+        real = os.path.realpath(row.path)
+        if not allow_outside and os.path.commonpath([inside, real]) != inside:
             bad[row.number] = BadRow(
                 row.number,
                 row.image,
-                f"the same image is listed at row {first_seen[key]}; list each image once, with all its labels",
+                f"resolves to {real}, outside --images {images_dir}; list files inside the folder "
+                "(or pass --allow-outside if it holds symlinks to your image store on purpose)",
             )
             continue
-        first_seen[key] = row.number
+        if real in first_seen:
+            bad[row.number] = BadRow(row.number, row.image, _repeated(first_seen[real], "the same file as"))
+            continue
+        first_seen[real] = row
         if known is not None:
             unknown = [n for n in row.labels if n not in known]
             if unknown:
@@ -305,15 +347,34 @@ def check_rows(
     bar = Progress("checking", unit="images", enabled=progress)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for done, (row, problem) in enumerate(
-            zip(candidates, pool.map(lambda r: check_image_file(r.path, pass_through), candidates)), start=1
+            zip(candidates, pool.map(lambda r: check_image_file(r.path, pass_through, max_pixels), candidates)), start=1
         ):
             if problem:
                 bad[row.number] = BadRow(row.number, row.image, problem)
             if done % 100 == 0 or done == len(candidates):
                 bar.update(done, len(candidates))
     bar.close()
+    _mark_same_content([r for r in candidates if r.number not in bad], bad, threads)
     good = [r for r in rows if r.number not in bad]
     return good, sorted(bad.values(), key=lambda b: b.number)
+
+
+def _repeated(first: Row, relation: str) -> str:
+    return (
+        f"{relation} row {first.number} ({first.image}); list each image once, with all its labels "
+        "(one image in two rows would train on two label sets and could land in two splits)"
+    )
+
+
+def _mark_same_content(rows: Sequence[Row], bad: dict[int, BadRow], threads: int) -> None:
+    """Mark rows whose file has the same bytes as an earlier row's (copies under other names)."""
+    first_seen: dict[str, Row] = {}
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for row, digest in zip(rows, pool.map(lambda r: storage.sha256_file(r.path), rows)):
+            if digest in first_seen:
+                bad[row.number] = BadRow(row.number, row.image, _repeated(first_seen[digest], "the same content as"))
+            else:
+                first_seen[digest] = row
 
 
 def bad_rows_error(bad: Sequence[BadRow], labels_csv: str, total: int) -> UserError:
@@ -416,6 +477,18 @@ def train_shard_count(rows: Sequence[Row], train_idx: np.ndarray, options: Prepa
 # ---------------------------------------------------------------------------- prepare
 
 
+def check_output_outside_images(out: str, images_dir: str) -> None:
+    """Refuse a local --out that is the images folder or inside it: the next prepare would see the shards."""
+    if storage.is_s3(out):
+        return
+    images, target = os.path.realpath(images_dir), os.path.realpath(out)
+    if os.path.commonpath([images, target]) == images:
+        raise UserError(
+            f"--out {out} is inside --images {images_dir}: the data set would be written among the images "
+            "it is made from. Choose an --out outside the images folder."
+        )
+
+
 def prepare_dataset(
     images_dir: str, labels_csv: str, out: str, options: PrepareOptions = PrepareOptions(), progress: bool = True
 ) -> PrepareResult:
@@ -436,11 +509,20 @@ def prepare_dataset(
     """
     start = time.perf_counter()
     options.check()
+    check_output_outside_images(out, images_dir)
     rows = read_rows(labels_csv, images_dir)
     storage.check_access(out, write=True)
+    splits.check_target(out, options.overwrite)
 
     good, bad = check_rows(
-        rows, options.classes, pass_through=not options.reencode, threads=options.threads, progress=progress
+        rows,
+        options.classes,
+        images_dir=images_dir,
+        pass_through=not options.reencode,
+        threads=options.threads,
+        allow_outside=options.allow_outside,
+        max_pixels=options.max_pixels,
+        progress=progress,
     )
     if bad and not options.skip_bad_rows:
         raise bad_rows_error(bad, labels_csv, len(rows))
@@ -496,7 +578,15 @@ def prepare_dataset(
     }
     try:
         manifest = splits.write_dataset(
-            out, class_names, options.fmt, assigned, make_example, num_train_shards, source, progress
+            out,
+            class_names,
+            options.fmt,
+            assigned,
+            make_example,
+            num_train_shards,
+            source,
+            progress,
+            options.overwrite,
         )
     finally:
         prefetch.close()

@@ -3,12 +3,16 @@
 Layout of a data set at ROOT (a local folder or s3://bucket/prefix):
 
     ROOT/dataset.json
-    ROOT/{train,val,test}/part-NNNNN-of-MMMMM.{tfrecord,parquet}
+    ROOT/{train,val,test}/part-NNNNN-of-MMMMM.GENERATION.{tfrecord,parquet}
 
 Each example is (id: str, image: encoded bytes, labels: multi-hot of len(class_names)).
 TFRecord shards hold `tf.train.Example` with features `image` (bytes), `labels` (int64 list)
 and `id` (bytes); Parquet shards hold columns `image` (binary), `labels` (list<int64>) and
-`id` (string). The manifest is written last, so a reader never sees a half-written set.
+`id` (string). Every write of a data set is a new GENERATION (a time stamp plus random
+hex): its shards get new names, so the shards an existing dataset.json lists are never
+overwritten, and dataset.json, written last, switches readers from one complete set to the
+next (`splits.write_dataset`). Data sets written before generations existed have names
+without one and read the same.
 
 TensorFlow and pyarrow are imported inside the functions that need them: `validate`,
 `analyze` and Ray Data's read tasks use this module and must not pay for TensorFlow.
@@ -19,7 +23,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import secrets
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -27,6 +34,7 @@ import numpy as np
 
 from job import storage
 from job.errors import UserError
+from job.storage import scratch
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -83,6 +91,11 @@ class Manifest:
     image_encoding: str = "jpeg"
     format_version: int = FORMAT_VERSION
     source: dict = field(default_factory=dict)  # how it was made (synth options, prepare input)
+    generation: str = ""  # the write that made it; "" for sets written before generations
+
+    def shard_paths(self) -> set[str]:
+        """Every shard path (relative to the root) the manifest lists."""
+        return {s.path for shards in self.splits.values() for s in shards}
 
     def num_examples(self, split: str) -> int:
         return sum(s.num_examples for s in self.splits.get(split, []))
@@ -102,6 +115,7 @@ class Manifest:
             "format": self.format,
             "class_names": list(self.class_names),
             "image_encoding": self.image_encoding,
+            "generation": self.generation,
             "source": self.source,
             "splits": {
                 name: {
@@ -115,38 +129,33 @@ class Manifest:
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> Manifest:
-        try:
-            version = int(obj["format_version"])
-            if version != FORMAT_VERSION:
-                raise DatasetError(
-                    f"{where} has format_version {version}; this release reads version {FORMAT_VERSION}. "
-                    "Re-create the data set with this release's `python -m job prepare` or `synth`."
-                )
-            fmt = obj["format"]
-            if fmt not in FORMATS:
-                raise DatasetError(f"{where} names format {fmt!r}; expected one of {', '.join(FORMATS)}.")
-            splits = {name: [Shard(**s) for s in body["shards"]] for name, body in obj["splits"].items()}
-            width = len(obj["class_names"])
-            for shards in splits.values():
-                for shard in shards:
-                    if len(shard.label_counts) != width:
-                        raise DatasetError(
-                            f"{where} lists {width} class_names but shard {shard.path} has {len(shard.label_counts)} "
-                            "label counts: the label width does not match. Re-create the data set."
-                        )
-            return cls(
-                format=fmt,
-                class_names=list(obj["class_names"]),
-                splits=splits,
-                image_encoding=obj.get("image_encoding", "jpeg"),
-                format_version=version,
-                source=obj.get("source", {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
+        """A manifest from parsed dataset.json, checked against `manifest_schema` first.
+
+        Raises:
+            DatasetError listing what is wrong (types, ranges, names, shard paths, counts).
+        """
+        from job.data import manifest_schema
+
+        if isinstance(obj, dict) and "format_version" in obj and obj["format_version"] != FORMAT_VERSION:
             raise DatasetError(
-                f"{where} is not a valid data set manifest ({type(exc).__name__}: {exc}). "
-                "Re-create it with `python -m job prepare` or `python -m job synth`."
-            ) from None
+                f"{where} has format_version {obj['format_version']!r}; this release reads version "
+                f"{FORMAT_VERSION}. Re-create the data set with this release's `python -m job prepare` or `synth`."
+            )
+        problems = manifest_schema.manifest_problems(obj, FORMATS, SPLITS)
+        if problems:
+            raise DatasetError(
+                f"{where} is not a valid data set manifest:\n{manifest_schema.describe_problems(problems)}\n"
+                "Fix it, or re-create the data set with `python -m job prepare` or `python -m job synth`."
+            )
+        return cls(
+            format=obj["format"],
+            class_names=list(obj["class_names"]),
+            splits={name: [Shard(**s) for s in body["shards"]] for name, body in obj["splits"].items()},
+            image_encoding=obj.get("image_encoding", "jpeg"),
+            format_version=FORMAT_VERSION,
+            source=obj.get("source", {}),
+            generation=obj.get("generation", ""),
+        )
 
 
 # ---------------------------------------------------------------------------- manifest
@@ -186,8 +195,18 @@ def write_manifest(root: str, manifest: Manifest) -> None:
 # ---------------------------------------------------------------------------- writing
 
 
-def shard_name(index: int, count: int, fmt: str) -> str:
-    return f"part-{index:05d}-of-{count:05d}.{fmt}"
+def shard_name(index: int, count: int, fmt: str, generation: str = "") -> str:
+    middle = f".{generation}" if generation else ""
+    return f"part-{index:05d}-of-{count:05d}{middle}.{fmt}"
+
+
+# Any shard file name this product writes, with or without a generation.
+SHARD_NAME_PATTERN = re.compile(r"^part-\d{5}-of-\d{5}(\.[0-9A-Za-z-]+)?\.(tfrecord|parquet)$")
+
+
+def new_generation() -> str:
+    """A fresh generation id: sortable by time, unique by its random part."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 def split_counts(total: int, num_shards: int) -> list[int]:
@@ -197,7 +216,14 @@ def split_counts(total: int, num_shards: int) -> list[int]:
 
 
 def write_split(
-    root: str, split: str, examples: Iterable[Example], num_examples: int, num_shards: int, fmt: str, num_classes: int
+    root: str,
+    split: str,
+    examples: Iterable[Example],
+    num_examples: int,
+    num_shards: int,
+    fmt: str,
+    num_classes: int,
+    generation: str = "",
 ) -> list[Shard]:
     """Write one split as `num_shards` shards and return their manifest entries.
 
@@ -208,6 +234,7 @@ def write_split(
         num_shards: shard count; capped at num_examples so no shard is empty.
         fmt: "tfrecord" or "parquet".
         num_classes: label width; every example must match it.
+        generation: put in every shard name, so no existing shard is overwritten.
     """
     if fmt not in FORMATS:
         raise UserError(f"Unknown shard format {fmt!r}; use one of {', '.join(FORMATS)}.")
@@ -218,7 +245,7 @@ def write_split(
     for index, count in enumerate(counts):
         batch = [_checked(next(it), num_classes) for _ in range(count)]
         data = encode_shard(batch, fmt)
-        rel = f"{split}/{shard_name(index, num_shards, fmt)}"
+        rel = f"{split}/{shard_name(index, num_shards, fmt, generation)}"
         storage.write_bytes(storage.join(root, rel), data)
         labels = np.stack([e.labels for e in batch]).astype(np.int64) if batch else np.zeros((0, num_classes))
         shards.append(
@@ -252,7 +279,7 @@ def _encode_tfrecord(examples: Sequence[Example]) -> bytes:
 
     # TFRecordWriter only writes to paths; a local temp file keeps the storage wing the only
     # module that knows where the bytes finally go.
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch.root()) as tmp:
         path = os.path.join(tmp, "shard.tfrecord")
         with tf.io.TFRecordWriter(path) as writer:
             for e in examples:
@@ -312,7 +339,7 @@ def _read_tfrecord(data: bytes, where: str) -> Iterator[Example]:
     # TensorFlow's reader takes a file cut inside a record header for a clean end of file;
     # the framing check catches that, the reader below checks the CRCs.
     split_tfrecord(data, where)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch.root()) as tmp:
         path = os.path.join(tmp, "shard.tfrecord")
         with open(path, "wb") as fh:
             fh.write(data)
@@ -352,6 +379,19 @@ def split_tfrecord(data: bytes, where: str) -> list[bytes]:
         out.append(data[start:stop])
         pos = stop + 4
     return out
+
+
+def count_records(data: bytes, fmt: str, where: str) -> int:
+    """Records in one shard's bytes, from the TFRecord framing or the Parquet footer (no parsing)."""
+    if fmt == "tfrecord":
+        return len(split_tfrecord(data, where))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"Shard {where} is not a readable Parquet file ({exc}). Re-create the data set.") from None
 
 
 def parse_tfrecord_example(raw: bytes, where: str) -> Example:

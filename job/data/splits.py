@@ -2,10 +2,18 @@
 
 Both `synth` (generated scenes) and `prepare` (the user's images and CSV) go through
 `write_dataset`, so the layout and manifest are the same whichever made them.
+
+Publishing is atomic from a reader's point of view, on local disk and on S3 alike: the new
+shards get names of their own (a new generation), dataset.json is replaced last in one
+atomic write, and only then are older generations deleted. A reader, or a kill at any
+point, sees the old complete set or the new one. The previous generation is kept until the
+next publish, so a run that loaded the old dataset.json just before can still read its shards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -15,6 +23,8 @@ from job.data import shards
 from job.data.synthetic import generate
 from job.errors import UserError
 from job.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 def assign_splits(num_examples: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -58,8 +68,9 @@ def write_dataset(
     num_train_shards: int,
     source: dict,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> shards.Manifest:
-    """Write every split's shards, then dataset.json (last, so readers never see half a set).
+    """Write every split's shards as a new generation, publish dataset.json, drop old generations.
 
     Args:
         root: data set root URI.
@@ -70,7 +81,10 @@ def write_dataset(
         num_train_shards: shard count of the train split.
         source: how the set was made, saved in the manifest.
         progress: show a progress bar.
+        overwrite: replace a data set already at `root` (else that is a UserError).
     """
+    previous = check_target(root, overwrite)
+    generation = shards.new_generation()
     sizes = {name: len(idx) for name, idx in splits.items()}
     counts = shard_counts(num_train_shards, sizes)
     total = sum(sizes.values())
@@ -89,13 +103,19 @@ def write_dataset(
             yield example
 
     written = {}
-    for name in shards.SPLITS:
-        if sizes.get(name, 0) == 0:
-            written[name] = []
-            continue
-        written[name] = shards.write_split(
-            root, name, stream(splits[name]), sizes[name], counts[name], fmt, len(class_names)
-        )
+    try:
+        for name in shards.SPLITS:
+            if sizes.get(name, 0) == 0:
+                written[name] = []
+                continue
+            written[name] = shards.write_split(
+                root, name, stream(splits[name]), sizes[name], counts[name], fmt, len(class_names), generation
+            )
+    except BaseException:
+        # Nothing was published; take back this generation's shards (a kill leaves them to the next publish).
+        with contextlib.suppress(Exception):
+            remove_stale_shards(root, keep=previous.shard_paths() if previous else set())
+        raise
     bar.close()
     manifest = shards.Manifest(
         format=fmt,
@@ -103,9 +123,55 @@ def write_dataset(
         splits=written,
         source=source,
         image_encoding=shards.describe_encodings(encodings),
+        generation=generation,
     )
     shards.write_manifest(root, manifest)
+    remove_stale_shards(root, keep=manifest.shard_paths() | (previous.shard_paths() if previous else set()))
     return manifest
+
+
+def check_target(root: str, overwrite: bool) -> shards.Manifest | None:
+    """The data set already at `root` (None if there is none); refuses to replace it without `overwrite`.
+
+    Call it before any expensive work, so a forgotten --overwrite costs nothing.
+    """
+    if not storage.exists(shards.manifest_uri(root)):
+        return None
+    try:
+        previous = shards.load_manifest(root)
+    except shards.DatasetError:
+        previous = None  # a damaged manifest: nothing worth keeping readable
+    if not overwrite:
+        what = (
+            f"{sum(previous.num_examples(s) for s in previous.splits)} examples"
+            if previous
+            else "a damaged dataset.json"
+        )
+        raise UserError(
+            f"{root} already holds a data set ({what}). Pass --overwrite to replace it (readers keep "
+            "the old set until the new one is complete), or choose another --out."
+        )
+    return previous
+
+
+def remove_stale_shards(root: str, keep: set[str]) -> None:
+    """Delete shard files of older generations, and leftovers of killed writes, under ROOT/SPLIT/.
+
+    Only names this product writes are touched, so other files in the folder are safe.
+    """
+    removed = 0
+    for split in shards.SPLITS:
+        folder = storage.join(root, split)
+        removed += storage.delete_partial_files(folder)
+        for uri in storage.list_files(folder):
+            name = storage.basename(uri)
+            if storage.join(folder, name) != uri:
+                continue  # in a subfolder: not ours
+            if shards.SHARD_NAME_PATTERN.match(name) and f"{split}/{name}" not in keep:
+                storage.delete(uri)
+                removed += 1
+    if removed:
+        log.info("removed %d unpublished or superseded shard file(s) under %s", removed, root)
 
 
 def write_synthetic(
@@ -119,12 +185,14 @@ def write_synthetic(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> shards.Manifest:
     """Generate `num_images` synthetic scenes and write them as a data set at `out`."""
 
     if num_images < 3:
         raise UserError(f"--num-images must be at least 3 (one per split), got {num_images}.")
     storage.check_access(out, write=True)
+    check_target(out, overwrite)
     splits = assign_splits(num_images, val_fraction, test_fraction, seed)
 
     def make_example(i: int) -> shards.Example:
@@ -141,4 +209,6 @@ def write_synthetic(
             "pairs": [list(p) for p in spec.pairs],
         }
     }
-    return write_dataset(out, list(spec.class_names), fmt, splits, make_example, num_shards, source, progress)
+    return write_dataset(
+        out, list(spec.class_names), fmt, splits, make_example, num_shards, source, progress, overwrite
+    )

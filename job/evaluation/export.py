@@ -4,13 +4,17 @@ The SavedModel holds the best checkpoint's weights, the label names and the tune
 thresholds, so a service needs nothing else. Two signatures:
 
     serving_default  images: tf.string [None]  encoded JPEG/PNG/GIF/BMP bytes, decoded and
-                     resized exactly as training does (`inputs.decode_image`)
+                     resized exactly as training does (`inputs.decode_image`); an image
+                     above the run's data.max_pixels (width x height, read from its header)
+                     fails the call with InvalidArgumentError "... is above the pixel limit
+                     ..." before anything is decoded
     predict_images   pixels: float32 [None, S, S, 3]  RGB in [0, 255], already S x S
 
 Both return `probabilities` (float32 [None, k], sigmoid of the logits), `decisions`
 (bool [None, k], probability > the label's threshold) and `labels` (tf.string [None], the
 predicted label names joined by spaces). The loaded object also carries `label_names`
-(string [k]), `thresholds` (float32 [k]) and `image_size` (int32) variables; the label names
+(string [k]), `thresholds` (float32 [k]), `image_size` (int32) and `max_pixels` (int64)
+variables; the label names
 are in `assets/labels.txt` too, and `assets.extra/export.json` records where the model came
 from.
 
@@ -25,7 +29,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,9 +36,11 @@ import numpy as np
 import tensorflow as tf
 
 from job import storage
-from job.data.pipeline import decode_image
+from job.data.image_limits import DEFAULT_MAX_PIXELS, check_pixel_limit
+from job.data.pipeline import PIXEL_LIMIT_MESSAGE, decode_image
 from job.errors import UserError
 from job.evaluation.loading import load_best_model, load_thresholds
+from job.storage import scratch
 from job.storage.run_store import RunStore
 
 log = logging.getLogger(__name__)
@@ -69,28 +74,70 @@ def check_image(data: bytes, where: str) -> None:
         ) from None
 
 
-def read_images(uris: list[str]) -> list[bytes]:
+@dataclass(frozen=True)
+class ReadImages:
+    """The images `read_images` accepted, and those it refused for their size."""
+
+    uris: list[str]
+    data: list[bytes]
+    refused: list[tuple[str, str]]  # (uri, problem): above the pixel limit, never decoded
+
+
+def read_images(uris: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> ReadImages:
     """Read and check every image up front, so one bad file fails before any work is done.
+
+    An image above `max_pixels` (width x height, read from its header) is not decoded: it is
+    refused (listed in `refused`), and the others are still returned.
 
     Raises:
         UserError: a file is missing, unreadable, or not an image.
     """
-    out = []
+    out = ReadImages([], [], [])
     for uri in uris:
         if not storage.is_s3(uri) and os.path.isdir(uri):
             raise UserError(f"{uri} is a folder; pass image files (e.g. {uri}/*.jpg).")
         if not storage.exists(uri):
             raise UserError(f"image {uri} does not exist; check the path.")
         data = storage.read_bytes(uri)
+        too_big = check_pixel_limit(data, max_pixels, "the model's data.max_pixels")
+        if too_big:
+            out.refused.append((uri, too_big))
+            continue
         check_image(data, uri)
-        out.append(data)
+        out.uris.append(uri)
+        out.data.append(data)
     return out
+
+
+def model_pixel_limit(uri: str) -> int:
+    """The pixel limit of an exported model or a run (its data.max_pixels), read cheaply.
+
+    An export records it in assets.extra/export.json; a run in its config. Exports made
+    before the limit existed get the default.
+    """
+    uri = uri.rstrip("/")
+    info_uri = storage.join(uri, EXPORT_INFO)
+    if storage.exists(storage.join(uri, SAVED_MODEL_FILE)):
+        try:
+            return int(storage.read_json(info_uri).get("max_pixels", DEFAULT_MAX_PIXELS))
+        except Exception:  # noqa: BLE001 - no or an unreadable export.json: the model loader says more
+            return DEFAULT_MAX_PIXELS
+    if RunStore(uri).is_run():
+        return RunStore(uri).read_config().config.data.max_pixels
+    return DEFAULT_MAX_PIXELS
 
 
 # ---------------------------------------------------------------------------- the module
 
 
-def build_serving_module(model, class_names: list[str], thresholds, image_size: int, labels_file: str | None = None):
+def build_serving_module(
+    model,
+    class_names: list[str],
+    thresholds,
+    image_size: int,
+    labels_file: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+):
     """Wrap a logits model in a `tf.Module` with the two serving signatures.
 
     Args:
@@ -99,6 +146,8 @@ def build_serving_module(model, class_names: list[str], thresholds, image_size: 
         thresholds: (k,) probability thresholds.
         image_size: S.
         labels_file: a local file with one label per line, saved as an asset (optional).
+        max_pixels: serving_default refuses (InvalidArgumentError) an image above this many
+            pixels, read from its header, before decoding anything.
     Returns:
         The module; save it with `tf.saved_model.save(module, dir, signatures=module.signatures())`.
     """
@@ -114,6 +163,7 @@ def build_serving_module(model, class_names: list[str], thresholds, image_size: 
             self.label_names = tf.Variable(list(class_names), dtype=tf.string, trainable=False, name="label_names")
             self.thresholds = tf.Variable(thresholds, dtype=tf.float32, trainable=False, name="thresholds")
             self.image_size = tf.Variable(size, dtype=tf.int32, trainable=False, name="image_size")
+            self.max_pixels = tf.Variable(int(max_pixels), dtype=tf.int64, trainable=False, name="max_pixels")
             if labels_file is not None:
                 self.labels_asset = tf.saved_model.Asset(labels_file)
 
@@ -124,7 +174,7 @@ def build_serving_module(model, class_names: list[str], thresholds, image_size: 
             @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
             def serving_default(images):
                 pixels = tf.map_fn(
-                    lambda b: decode_image(b, size),
+                    lambda b: decode_image(b, size, max_pixels=self.max_pixels),
                     images,
                     fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
                 )
@@ -160,6 +210,7 @@ class ExportInfo:
     thresholds_source: str
     image_size: int
     checkpoint: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def export_run(run_uri: str, out_uri: str) -> ExportInfo:
@@ -187,12 +238,14 @@ def export_run(run_uri: str, out_uri: str) -> ExportInfo:
         )
         thresholds, source = np.full(len(class_names), DEFAULT_THRESHOLD), "default 0.5"
     model, restored = load_best_model(run_uri, cfg, len(class_names))
-    work = tempfile.mkdtemp(prefix="export-")
+    work = scratch.make_dir("export-")
     try:
         labels_file = os.path.join(work, LABELS_ASSET)
         with open(labels_file, "w") as fh:
             fh.write("\n".join(class_names) + "\n")
-        module = build_serving_module(model, class_names, thresholds, cfg.data.image_size, labels_file)
+        module = build_serving_module(
+            model, class_names, thresholds, cfg.data.image_size, labels_file, max_pixels=cfg.data.max_pixels
+        )
         local = out_uri if not storage.is_s3(out_uri) else os.path.join(work, "saved_model")
         tf.saved_model.save(module, local, signatures=module.signatures())
         info = ExportInfo(
@@ -202,6 +255,7 @@ def export_run(run_uri: str, out_uri: str) -> ExportInfo:
             thresholds_source=source,
             image_size=cfg.data.image_size,
             checkpoint=restored.uri,
+            max_pixels=cfg.data.max_pixels,
         )
         os.makedirs(os.path.join(local, os.path.dirname(EXPORT_INFO)), exist_ok=True)
         with open(os.path.join(local, EXPORT_INFO), "w") as fh:
@@ -214,6 +268,7 @@ def export_run(run_uri: str, out_uri: str) -> ExportInfo:
                     "thresholds": info.thresholds,
                     "thresholds_source": source,
                     "image_size": info.image_size,
+                    "max_pixels": info.max_pixels,
                     "backbone": cfg.model.backbone,
                     "signatures": list(SIGNATURES),
                     "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -260,10 +315,23 @@ class Predictor:
     class_names: list[str]
     thresholds: np.ndarray
     source: str
+    max_pixels: int | None  # None: an export made before the limit existed (none built in)
 
     def predict(self, images: list[bytes], batch_size: int = 64) -> Prediction:
-        """Probabilities and decisions for encoded images, in order."""
-        probs = [self._probabilities(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        """Probabilities and decisions for encoded images, in order.
+
+        Raises:
+            UserError: an image is above the model's pixel limit (`read_images` leaves those out).
+        """
+        try:
+            probs = [self._probabilities(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        except tf.errors.InvalidArgumentError as exc:
+            if PIXEL_LIMIT_MESSAGE not in (exc.message or ""):
+                raise
+            raise UserError(
+                f"an image is above the model's pixel limit of {self.max_pixels} pixels (data.max_pixels); "
+                "it was not decoded. Pass images within the limit."
+            ) from None
         p = np.concatenate(probs) if probs else np.zeros((0, len(self.class_names)), np.float32)
         return Prediction(p, p > self.thresholds[None, :].astype(np.float32))
 
@@ -278,7 +346,7 @@ class SavedModelPredictor(Predictor):
         self._work = None
         local = uri
         if storage.is_s3(uri):
-            self._work = tempfile.mkdtemp(prefix="model-")
+            self._work = scratch.make_dir("model-")
             storage.download_dir(uri, self._work)
             local = self._work
         try:
@@ -296,6 +364,8 @@ class SavedModelPredictor(Predictor):
             )
         self.class_names = [n.decode() for n in self._loaded.label_names.numpy()]
         self.thresholds = self._loaded.thresholds.numpy().astype(np.float64)
+        limit = getattr(self._loaded, "max_pixels", None)
+        self.max_pixels = int(limit.numpy()) if limit is not None else None
         self.source = f"SavedModel {uri}"
 
     def _probabilities(self, images: list[bytes]) -> np.ndarray:
@@ -315,11 +385,12 @@ class RunPredictor(Predictor):
             thresholds = np.full(len(self.class_names), DEFAULT_THRESHOLD)
         self.thresholds = thresholds
         self.image_size = cfg.data.image_size
+        self.max_pixels = cfg.data.max_pixels
         self.model, restored = load_best_model(uri, cfg, len(self.class_names))
         self.source = f"run {uri} ({restored.uri})"
 
     def _probabilities(self, images: list[bytes]) -> np.ndarray:
-        pixels = tf.stack([decode_image(tf.constant(b), self.image_size) for b in images])
+        pixels = tf.stack([decode_image(tf.constant(b), self.image_size, self.max_pixels) for b in images])
         return tf.sigmoid(tf.cast(self.model(pixels, training=False), tf.float32)).numpy()
 
 

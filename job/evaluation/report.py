@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,6 +49,58 @@ PER_LABEL_CSV_COLUMNS = (
 )
 
 
+# Markdown inline syntax that a label could otherwise smuggle into report.md: emphasis,
+# strike-through, code spans, links and images, and the table cell separator.
+_MD_PUNCTUATION = re.compile(r"([\\`*~\[\]|])")
+_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def md_text(text: object) -> str:
+    """Escape user text (label names, example ids) for report.md, inline or in a table cell.
+
+    Every Markdown renderer that shows report.md (GitHub, GitLab, IDE previews, mkdocs) also
+    renders raw HTML, and a table row is split at every unescaped `|`. So:
+
+    - `&`, `<`, `>` become entities: `<img src=x onerror=...>` shows as that text, never as a tag;
+    - `\\`, `|`, `` ` ``, `*`, `~`, `[`, `]` get a backslash: `a|b` stays one table cell, and
+      `[x](url)` or `*x*` show as typed, not as a link or emphasis;
+    - `_` gets a backslash only where it could start or end emphasis (not between two letters
+      or digits), so `living_room` is written as is;
+    - line breaks become spaces (a table row is one line).
+
+    Plain names (letters, digits, `-`, `.`, `_` inside a word, spaces) come back unchanged.
+
+    Args:
+        text: the text to show; anything else is passed through `str` first.
+
+    Returns:
+        Markdown source that renders as exactly `text` (line breaks aside).
+    """
+    s = " ".join(str(text).splitlines())
+    s = "".join(_HTML_ENTITIES.get(ch, ch) for ch in s)
+    s = _MD_PUNCTUATION.sub(r"\\\1", s)
+    out = []
+    for i, ch in enumerate(s):
+        if ch == "_" and not (0 < i < len(s) - 1 and s[i - 1].isalnum() and s[i + 1].isalnum()):
+            out.append("\\_")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def md_code(text: object) -> str:
+    """`text` as a Markdown code span (for URIs and commands): shown verbatim, never as HTML.
+
+    The fence is one backtick longer than the longest backtick run in `text`, so a backtick
+    in a path cannot end the span early; line breaks become spaces.
+    """
+    s = " ".join(str(text).splitlines())
+    longest = max((len(run) for run in re.findall(r"`+", s)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
 def _fmt(value, digits: int = 4) -> str:
     """A metric for a table: fixed digits, '-' when undefined."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -76,6 +129,9 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_uri: str, pair_note: str) -> str:
     """report.md: split table, test at 0.5 vs tuned, per-label table, correlated-pair note.
 
+    Label names and URIs are user text: they go through `md_text` / `md_code`, so a label
+    such as `a|b` or `<img ...>` is shown as typed and cannot add a column or raw HTML.
+
     Args:
         metrics: metrics.json's content.
         class_names: label order.
@@ -90,9 +146,9 @@ def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_u
     parts = [
         "# Evaluation report",
         "",
-        f"- run: `{run_uri}`",
-        f"- data: `{data_uri}`",
-        f"- checkpoint: `{ck.get('uri')}` (epoch {ck.get('epoch')}, val_loss {_fmt(val_loss)})",
+        f"- run: {md_code(run_uri)}",
+        f"- data: {md_code(data_uri)}",
+        f"- checkpoint: {md_code(ck.get('uri'))} (epoch {ck.get('epoch')}, val_loss {_fmt(val_loss)})",
         "- examples: " + ", ".join(f"{s} {metrics[s]['num_examples']}" for s in splits),
         "",
         "## Metrics per split (threshold 0.5)",
@@ -127,7 +183,7 @@ def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_u
         a, t = m["per_label"][name], m["tuned"]["per_label"][name]
         rows.append(
             [
-                name,
+                md_text(name),
                 str(a["support"]),
                 _fmt(t["threshold"], 3),
                 _fmt(a["precision"], 3),
@@ -188,6 +244,8 @@ def format_pair_note(
 ) -> str:
     """Markdown on label pairs the data (almost) never shows apart, and what that means for the scores.
 
+    Label names are escaped with `md_text`, the data URI is a code span (`md_code`).
+
     For each flagged pair, the test images with exactly one of the two labels (if any) show
     whether the model can tell them apart: per-label accuracy on the pair alone cannot.
     """
@@ -208,7 +266,7 @@ def format_pair_note(
         )
         if best is not None:
             _, i, j = best
-            a, b = class_names[i], class_names[j]
+            a, b = md_text(class_names[i]), md_text(class_names[j])
             lines.append(
                 f"The most tied pair is {a} + {b}: P({b} | {a}) = {p[i, j]:.2f}, P({a} | {b}) = {p[j, i]:.2f}."
             )
@@ -217,19 +275,19 @@ def format_pair_note(
         f"These pairs appear together in at least {threshold:.0%} of both labels' images "
         f"({label_split} split, {n} images). The data cannot teach the model to tell them apart, so "
         "high per-label accuracy on them says nothing about whether it can: add images with only one "
-        f"of the two labels. See `python -m job analyze --data {data_uri}`."
+        f"of the two labels. See {md_code(f'python -m job analyze --data {data_uri}')}."
     )
     lines.append("")
     test = preds.get("test")
     for pr in pairs:
-        a, b = pr.first, pr.second
+        a, b = md_text(pr.first), md_text(pr.second)
         line = (
             f"- **{a} + {b}**: P({b} | {a}) = {pr.p_second_given_first:.2f}, P({a} | {b}) = "
             f"{pr.p_first_given_second:.2f}; {pr.both} images with both, {pr.first_only} with only {a}, "
             f"{pr.second_only} with only {b}."
         )
         if test is not None:
-            line += " " + _exactly_one_summary(test, class_names, a, b, thresholds)
+            line += " " + _exactly_one_summary(test, class_names, pr.first, pr.second, thresholds)
         lines.append(line)
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ import logging
 
 from job.config import Config
 from job.data import pipeline
-from job.launch.plan import finish_run, start_run
+from job.launch.plan import finish_run, started_run
 from job.storage.run_store import RunStore
 from job.telemetry import WorkerTelemetry
 from job.training import checkpoints, loop
@@ -33,23 +33,29 @@ def run_local(
     cfg: Config, data_uri: str, output_uri: str, run_name: str | None = None, dry_run: bool = False
 ) -> dict | None:
     """Train in this process (no Ray), then evaluate. Returns metrics.json's content."""
-    plan = start_run(cfg, data_uri, output_uri, run_name, 1, dry_run)
-    if plan is None:
-        return None
-    worker_plan = plan.for_workers()
-    telemetry = WorkerTelemetry(plan.run_name, 0, cfg.telemetry.worker_port_base, enabled=cfg.telemetry.enabled)
-    try:
-        history = loop.train_worker(
-            cfg,
-            worker_plan,
-            loop.WorkerInfo(),
-            train_examples=lambda: pipeline.examples_from_shards(
-                data_uri, plan.manifest, "train", shuffle_shards=True, seed=cfg.training.seed
-            ),
-            val_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "val"),
-            reporter=LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
-            telemetry=telemetry,
+    with started_run(cfg, data_uri, output_uri, run_name, 1, dry_run) as plan:
+        if plan is None:
+            return None
+        worker_plan = plan.for_workers()
+        telemetry = WorkerTelemetry(
+            plan.run_name,
+            0,
+            cfg.telemetry.worker_port_base,
+            enabled=cfg.telemetry.enabled,
+            bind_address=cfg.telemetry.bind_address,
         )
-    finally:
-        telemetry.close()
-    return finish_run(cfg, plan, history)
+        try:
+            history = loop.train_worker(
+                cfg,
+                worker_plan,
+                loop.WorkerInfo(),
+                train_examples=lambda: pipeline.examples_from_shards(
+                    data_uri, plan.manifest, "train", shuffle_shards=True, seed=cfg.training.seed
+                ),
+                val_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "val"),
+                reporter=LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
+                telemetry=telemetry,
+            )
+        finally:
+            telemetry.close()
+        return finish_run(cfg, plan, history)

@@ -6,9 +6,13 @@ Both paths use it: the single-process run (`launch/local.py`) and the Ray run
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import logging
+import os
 import platform
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -20,6 +24,7 @@ from job.data.labels import find_correlated_pairs
 from job.data.validate import validate_dataset
 from job.errors import UserError
 from job.evaluation.evaluate import evaluate_run
+from job.storage.lease import RunLease
 from job.storage.run_store import RunStore
 from job.training.loop import WorkerPlan
 from job.training.model import backbone_layer_names, check_model_options
@@ -95,6 +100,20 @@ def resolve_run(output_uri: str, run_name: str | None, cfg: Config) -> tuple[str
     return output_uri, name
 
 
+def _comparable(uri: str) -> str:
+    return uri.rstrip("/") + "/" if storage.is_s3(uri) else os.path.realpath(uri) + os.sep
+
+
+def check_apart(data_uri: str, output_uri: str) -> None:
+    """Refuse a run folder that is the data set, inside it, or holds it: one would overwrite the other."""
+    data, output = _comparable(data_uri), _comparable(output_uri)
+    if data.startswith(output) or output.startswith(data):
+        raise UserError(
+            f"--output {output_uri} and --data {data_uri} overlap: the run's checkpoints and reports would be "
+            "written among the data set's shards. Give the run its own folder, e.g. --output runs/NAME."
+        )
+
+
 def plan_run(cfg: Config, data_uri: str, output_uri: str, run_name: str | None, num_workers: int) -> RunPlan:
     """Check the data and the run location up front and decide the step counts.
 
@@ -103,6 +122,7 @@ def plan_run(cfg: Config, data_uri: str, output_uri: str, run_name: str | None, 
         missing data set, empty split, too little data for the workers, bad model options,
         unreachable storage.
     """
+    check_apart(data_uri, output_uri)
     check_model_options(cfg.model.backbone, cfg.model.weights, cfg.data.image_size)
     layer_names = (
         backbone_layer_names(cfg.model.backbone, cfg.data.image_size, cfg.model.width)
@@ -209,25 +229,51 @@ def write_config(cfg: Config, plan: RunPlan) -> None:
     )
 
 
-def start_run(
+@contextlib.contextmanager
+def started_run(
     cfg: Config, data_uri: str, output_uri: str, run_name: str | None, num_workers: int, dry_run: bool
-) -> RunPlan | None:
-    """Plan and print the plan; unless it is a dry run, check the data and save config.json.
+) -> Iterator[RunPlan | None]:
+    """Plan and print the plan; unless it is a dry run, hold the run's lease, check the data
+    and save config.json, and keep the lease until the `with` block ends.
 
-    Returns:
+    Yields:
         The plan, or None for a dry run.
+
+    Raises:
+        LeaseHeld (a UserError) at once when another live run holds --output; UserError when
+        another run takes the lease over while this one runs (this one then stops).
     """
     plan = plan_run(cfg, data_uri, output_uri, run_name, num_workers=num_workers)
     log.info("plan:\n%s", plan.describe())
     if dry_run:
-        return None
-    verify_data(cfg, plan)
-    warn_correlated_labels(cfg, plan)
-    if is_verbose():
-        log.info("config:\n%s", describe(cfg))
-    log.info("config (changes from the defaults): %s", describe_changes(cfg))
-    write_config(cfg, plan)
-    return plan
+        yield None
+        return
+    lost: list[str] = []
+
+    def stop_this_run(holder) -> None:
+        lost.append(holder.describe() if holder else "nobody (lease.json was deleted)")
+        _thread.interrupt_main()  # the heartbeat runs on its own thread; training runs on the main one
+
+    with RunLease(plan.run_uri, cfg.lease_timeout_seconds, on_lost=stop_this_run):
+        try:
+            # Leftovers of a killed earlier attempt: no other writer can be active under the lease.
+            removed = storage.delete_partial_files(plan.run_uri)
+            if removed:
+                log.info("removed %d unfinished file(s) a killed earlier attempt left in %s", removed, plan.run_uri)
+            verify_data(cfg, plan)
+            warn_correlated_labels(cfg, plan)
+            if is_verbose():
+                log.info("config:\n%s", describe(cfg))
+            log.info("config (changes from the defaults): %s", describe_changes(cfg))
+            write_config(cfg, plan)
+            yield plan
+        except KeyboardInterrupt:
+            if lost:
+                raise UserError(
+                    f"Another run took over the lease of {plan.run_uri} ({lost[0]}); this run stopped so that "
+                    "the two do not mix their checkpoints. Give each run its own --output."
+                ) from None
+            raise
 
 
 def finish_run(cfg: Config, plan: RunPlan, history: list[dict]) -> dict:

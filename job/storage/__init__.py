@@ -27,6 +27,7 @@ from job.storage.client import (
 from job.storage.objects import (
     copy_file,
     delete,
+    delete_partial_files,
     download_dir,
     exists,
     list_files,
@@ -63,6 +64,7 @@ __all__ = [
     "open_write",
     "list_files",
     "delete",
+    "delete_partial_files",
     "upload_dir",
     "download_dir",
     "copy_file",

@@ -27,6 +27,7 @@ counter, so those retries cannot be counted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Iterator
@@ -420,6 +421,9 @@ def _local_error(exc: OSError, path: str, action: str) -> StorageError:
     elif isinstance(exc, NotADirectoryError):
         hint = "A part of the path is a file; choose another path."
         what = f"not a folder: {path}"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "Free space on that disk (or raise the quota), or choose another location."
+        what = exc.strerror or "no space left"
     else:
         hint = "Check the path and free disk space."
         what = f"{exc.strerror or exc}: {path}"

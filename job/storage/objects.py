@@ -214,7 +214,8 @@ def _open_write_local(path: str) -> Iterator[BinaryIO]:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}", suffix=f"{_PARTIAL_MARKER}tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        # A full disk or a lost mount surfaces in write/flush/fsync: one StorageError naming the path.
+        with _local_errors(path, "write"), os.fdopen(fd, "wb") as f:
             yield f  # type: ignore[misc]
             f.flush()
             os.fsync(f.fileno())
@@ -285,6 +286,24 @@ def _list_local(path: str, suffix: str) -> list[str]:
                 continue
             found.append(os.path.join(root, name))
     return sorted(found)
+
+
+def delete_partial_files(uri: str) -> int:
+    """Remove in-progress files that a killed local write left under a folder; returns how many.
+
+    Call it only where no other writer can be active (e.g. under a held lease). S3 needs
+    nothing like it: an unfinished PUT or multipart upload never becomes an object.
+    """
+    if is_s3(uri):
+        return 0
+    removed = 0
+    for root, _dirs, files in os.walk(_local(uri)):
+        for name in files:
+            if _PARTIAL_MARKER in name:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+    return removed
 
 
 def delete(uri: str) -> None:

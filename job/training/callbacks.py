@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -24,6 +23,7 @@ import tf_keras
 from job import storage
 from job.config import Config, config_to_dict
 from job.data.pipeline import InputClock
+from job.storage import scratch
 from job.storage.run_store import RunStore
 from job.training import checkpoints
 from job.training.schedules import current_learning_rate
@@ -203,7 +203,7 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
 
     def _save(self, epoch: int, row: dict, next_lr: float) -> str:
         start = time.perf_counter()
-        local = tempfile.mkdtemp(prefix=f"ckpt-r{self.info.rank}-")
+        local = scratch.make_dir(f"ckpt-r{self.info.rank}-")
         try:
             tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer).write(
                 os.path.join(local, checkpoints.WEIGHTS_PREFIX)
@@ -312,7 +312,7 @@ def build_callbacks(
         callbacks.append(early_stop)
     # 5. TensorBoard after LearningRateLog, so the logs it writes include the learning rate.
     if tcfg.tensorboard and info.rank == 0:
-        tb_dir = tempfile.mkdtemp(prefix="tensorboard-")
+        tb_dir = scratch.make_dir("tensorboard-")
         callbacks.append(tf_keras.callbacks.TensorBoard(tb_dir, write_graph=False, profile_batch=0))
         callbacks.append(TensorBoardSync(tb_dir, RunStore(plan.run_uri).tensorboard_uri))
     # 6. ... and the checkpoint comes after them, so the state it saves includes their decisions.

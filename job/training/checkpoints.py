@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 
 from job import storage
+from job.storage import scratch
 from job.storage.run_store import checkpoint_dir_name, checkpoint_epoch
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def fetch(uri: str, local_dir: str) -> RestoredCheckpoint | None:
 
 def restore_latest(run_uri: str, work_dir: str | None = None) -> RestoredCheckpoint | None:
     """The newest intact checkpoint of a run, copied to a local folder; None if there is none."""
-    work_dir = work_dir or tempfile.mkdtemp(prefix="restore-")
+    work_dir = work_dir or scratch.make_dir("restore-")
     for epoch, uri in list_checkpoints(run_uri):
         restored = fetch(uri, os.path.join(work_dir, checkpoint_dir_name(epoch)))
         if restored is not None:
@@ -118,7 +118,7 @@ def restore_latest(run_uri: str, work_dir: str | None = None) -> RestoredCheckpo
 
 def restore_best(run_uri: str, work_dir: str | None = None) -> RestoredCheckpoint | None:
     """The intact checkpoint with the lowest val_loss (newest wins ties); None if there is none."""
-    work_dir = work_dir or tempfile.mkdtemp(prefix="best-")
+    work_dir = work_dir or scratch.make_dir("best-")
     candidates = []
     for epoch, uri in list_checkpoints(run_uri):
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,6 +27,7 @@ import tf_keras
 from job import storage
 from job.config import Config
 from job.data.pipeline import InputClock, make_pipeline
+from job.storage import scratch
 from job.training import checkpoints, transfer
 from job.training.callbacks import Reporter, build_callbacks
 from job.training.losses import loss_for
@@ -254,6 +254,6 @@ def local_weights(weights: str) -> str:
     """model.weights as a local path: an s3:// weights file is fetched to a temp folder first."""
     if not storage.is_s3(weights):
         return weights
-    local = os.path.join(tempfile.mkdtemp(prefix="weights-"), storage.basename(weights))
+    local = os.path.join(scratch.make_dir("weights-"), storage.basename(weights))
     storage.copy_file(weights, local)
     return local

@@ -238,6 +238,18 @@ def test_rayjob_run_name_is_stable_so_retries_resume(rendered, target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_the_driver_s_lease_chain_is_this_rayjob(rendered, target):
+    # The driver runs on the head; its JOB_RUN_CHAIN lets a KubeRay retry of this RayJob take
+    # over the lease at once. It must name this RayJob and no other: a renamed or prefixed
+    # copy with the old chain would take over a live run's lease.
+    rayjob = _rayjob(rendered, target)
+    head = dict(_ray_containers(rayjob))["head"]
+    env = {e["name"]: e.get("value") for e in head.get("env", [])}
+    meta = rayjob["metadata"]
+    assert env.get("JOB_RUN_CHAIN") == f"{meta['namespace']}/{meta['name']}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_rayjob_config_file_is_the_mounted_configmap(rendered, target):
     rayjob = _rayjob(rendered, target)
     argv = rayjob["spec"]["entrypoint"].split()

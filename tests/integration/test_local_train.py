@@ -141,7 +141,8 @@ def test_empty_validation_split_is_refused_up_front(data_dir, tmp_path):
     data = tmp_path / "noval"
     shutil.copytree(data_dir, data)
     manifest = json.loads((data / "dataset.json").read_text())
-    manifest["splits"]["val"]["shards"] = []
+    width = len(manifest["class_names"])
+    manifest["splits"]["val"] = {"num_examples": 0, "label_counts": [0] * width, "shards": []}
     (data / "dataset.json").write_text(json.dumps(manifest))
     result = _train(str(data), tmp_path / "r", timeout=120)
     assert_clean_error(result, "The 'val' split", "is empty")

@@ -300,7 +300,7 @@ def test_without_classes_an_unknown_label_is_a_new_class(source, tmp_path):
 def test_repeated_image_is_a_bad_row(source):
     _, csv_path = source
     _write_csv(csv_path, ROWS + [(ROWS[3][0], "sea")])
-    with pytest.raises(UserError, match=r"row 22 \(img/003.png\): the same image is listed at row 5"):
+    with pytest.raises(UserError, match=r"row 22 \(img/003.png\): the same file as row 5"):
         _prepare(source, "unused")
 
 
@@ -413,3 +413,55 @@ def test_cli_skip_bad_rows_prints_the_count(source, tmp_path):
     assert "skipped labels.csv row 7 (img/005.jpg)" in proc.stderr
     manifest = json.loads((out / "dataset.json").read_text())
     assert manifest["format"] == "parquet" and manifest["class_names"] == ["sea", "sunset", "trees"]
+
+
+# ---------------------------------------------------------------------------- hostile input
+
+
+def test_rows_that_leave_the_images_folder_are_bad_rows(source, tmp_path):
+    images, csv_path = source
+    secret = tmp_path / "secret.png"
+    _write_image(secret, 99)
+    os.symlink(secret, os.path.join(images, "img", "link.png"))
+    _write_csv(
+        csv_path,
+        ROWS + [("../secret.png", "sea"), (str(secret), "sea"), ("img/link.png", "sea"), ("img/../../secret.png", "")],
+    )
+    with pytest.raises(UserError) as info:
+        _prepare(source, tmp_path / "ds")
+    message = str(info.value)
+    for row, image in ((22, "../secret.png"), (23, str(secret)), (24, "img/link.png"), (25, "img/../../secret.png")):
+        assert f"row {row} ({image}): resolves to {secret}, outside --images" in message
+    assert not (tmp_path / "ds").exists()
+
+
+def test_allow_outside_accepts_a_folder_of_symlinks(source, tmp_path):
+    images, csv_path = source
+    store = tmp_path / "store"
+    _write_image(store / "far.png", 99)
+    os.symlink(store / "far.png", os.path.join(images, "img", "link.png"))
+    _write_csv(csv_path, ROWS + [("img/link.png", "sea")])
+    result = _prepare(source, tmp_path / "ds", allow_outside=True)
+    assert result.num_images == len(ROWS) + 1
+
+
+def test_one_file_under_three_names_and_a_copy_are_found(source, tmp_path):
+    images, csv_path = source
+    os.symlink(os.path.join(images, "img", "001.jpg"), os.path.join(images, "img", "alias.jpg"))
+    with open(os.path.join(images, "img", "001.jpg"), "rb") as src, open(os.path.join(images, "copy.jpg"), "wb") as dst:
+        dst.write(src.read())
+    _write_csv(csv_path, ROWS + [("img/./001.jpg", "trees"), ("img/alias.jpg", "sea"), ("copy.jpg", "sunset")])
+    with pytest.raises(UserError) as info:
+        _prepare(source, tmp_path / "ds")
+    message = str(info.value)
+    assert "row 22 (img/./001.jpg): the same file as row 3 (img/001.jpg)" in message
+    assert "row 23 (img/alias.jpg): the same file as row 3 (img/001.jpg)" in message
+    assert "row 24 (copy.jpg): the same content as row 3 (img/001.jpg)" in message
+    assert message.startswith("3 of 23 rows")
+
+
+@pytest.mark.parametrize("where", ["images", "images/img/ds"])
+def test_output_inside_the_images_folder_is_refused(source, tmp_path, where):
+    with pytest.raises(UserError, match=r"is inside --images .*Choose an --out outside the images folder"):
+        _prepare(source, tmp_path / where)
+    assert not (tmp_path / "images" / "img" / "ds").exists()

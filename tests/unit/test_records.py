@@ -234,7 +234,10 @@ def test_wrong_format_version_names_both_versions(tmp_path):
     "obj, fragment",
     [
         ({"format": "parquet", "class_names": [], "splits": {}}, "format_version"),  # missing key
-        ({"format_version": 1, "format": "csv", "class_names": [], "splits": {}}, "format 'csv'"),
+        (
+            {"format_version": 1, "format": "csv", "class_names": [], "splits": {}},
+            "format must be one of tfrecord, parquet, got 'csv'",
+        ),
         ([1, 2, 3], "not a valid data set manifest"),
         (
             {
@@ -254,6 +257,101 @@ def test_manifest_with_wrong_structure_is_a_dataset_error(tmp_path, obj, fragmen
     with pytest.raises(DatasetError, match=fragment) as info:
         shards.load_manifest(str(root))
     assert "dataset.json" in str(info.value)
+
+
+def _first_shard(obj):
+    return obj["splits"]["train"]["shards"][0]
+
+
+def _set(path: str, value):
+    """A mutation of a valid manifest: set the value at a dotted path ("splits.train.shards.0.path")."""
+
+    def mutate(obj):
+        *parents, last = path.split(".")
+        target = obj
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        target[int(last) if isinstance(target, list) else last] = value
+
+    return mutate
+
+
+def _shard_field(key: str, value):
+    return _set(f"splits.train.shards.0.{key}", value)
+
+
+# Each hostile or careless edit of dataset.json, and the words the error must say.
+BAD_MANIFESTS = {
+    "negative count": (_shard_field("num_examples", -3), "num_examples must be in 0..inf, got -3"),
+    "float count": (_shard_field("num_examples", 4.0), "num_examples must be a whole number, got 4.0"),
+    "string count": (_shard_field("num_examples", "4"), "num_examples must be a whole number, got '4'"),
+    "NaN count": (_shard_field("num_examples", float("nan")), "num_examples must be a whole number, got NaN"),
+    "boolean count": (_shard_field("num_examples", True), "num_examples must be a whole number, got True"),
+    "huge count": (_shard_field("num_examples", 10**15), "claims 1000000000000000 examples in"),
+    "negative size": (_shard_field("size_bytes", -1), "size_bytes must be in 0.."),
+    "negative label count": (_set("splits.train.shards.0.label_counts.1", -1), "label_counts[1] must be in 0.."),
+    "label count above the examples": (
+        _set("splits.train.shards.0.label_counts.0", 99),
+        "label_counts[0] must be in 0..5, got 99",
+    ),
+    "short label counts": (_shard_field("label_counts", [1]), "has 1 entries but class_names lists 3"),
+    "bad sha256": (_shard_field("sha256", "abc"), "sha256 must be 64 lowercase hex digits"),
+    "absolute path": (_shard_field("path", "/etc/passwd"), "must be relative to the data set root"),
+    "dot-dot path": (_shard_field("path", "train/../../other/x.tfrecord"), "must stay inside the data set root"),
+    "other bucket": (_shard_field("path", "s3://other-bucket/x.tfrecord"), "must be relative to the data set root"),
+    "empty path": (_shard_field("path", ""), "must be a non-empty string"),
+    "one shard twice": (_set("splits.train.shards.1.path", None), None),  # replaced below
+    "string class_names": (_set("class_names", "sea,sunset,trees"), "class_names must be a non-empty list"),
+    "empty class_names": (_set("class_names", []), "class_names must be a non-empty list"),
+    "empty class name": (_set("class_names", ["sea", "", "trees"]), "class_names must be non-empty strings"),
+    "duplicate class_names": (_set("class_names", ["sea", "sea", "trees"]), "lists 'sea' twice"),
+    "NFC duplicate class_names": (
+        _set("class_names", ["caf\u00e9", "cafe\u0301", "trees"]),
+        "(the same name in Unicode NFC)",
+    ),
+    "numeric class name": (_set("class_names", ["sea", 7, "trees"]), "class_names must be non-empty strings, got 7"),
+    "unknown split": (_set("splits.holdout", {"shards": []}), "unknown split(s) 'holdout'"),
+    "split total disagrees": (
+        _set("splits.train.num_examples", 11),
+        "splits.train.num_examples is 11 but its shards hold 10",
+    ),
+}
+BAD_MANIFESTS["one shard twice"] = (
+    lambda obj: obj["splits"]["train"]["shards"][1].update(path=_first_shard(obj)["path"]),
+    "is also listed at splits.train.shards[0]",
+)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
+def test_every_load_refuses_a_manifest_that_cannot_be_trusted(tmp_path, case):
+    root = str(tmp_path / "ds")
+    _write_set(root, "tfrecord", shard_counts={"train": 2, "val": 1, "test": 1})
+    path = os.path.join(root, "dataset.json")
+    obj = json.loads(open(path).read())
+    mutate, fragment = BAD_MANIFESTS[case]
+    mutate(obj)
+    with open(path, "w") as fh:
+        fh.write(json.dumps(obj))  # json writes NaN as the bare token NaN, as a careless script would
+    with pytest.raises(DatasetError) as info:
+        shards.load_manifest(root)
+    assert fragment in str(info.value), str(info.value)
+
+
+def test_a_count_inflated_by_one_is_caught_when_the_shards_are_read(tmp_path):
+    from job.data.validate import validate_dataset
+
+    root = str(tmp_path / "ds")
+    _write_set(root, "parquet", shard_counts={"train": 2, "val": 1, "test": 1})
+    path = os.path.join(root, "dataset.json")
+    obj = json.loads(open(path).read())
+    _first_shard(obj)["num_examples"] += 1  # still plausible for its size: only the shard can tell
+    obj["splits"]["train"]["num_examples"] += 1
+    with open(path, "w") as fh:
+        fh.write(json.dumps(obj))
+    # The pre-flight check `train` runs with data.verify_checksums=false: sampled, no full hash.
+    report = validate_dataset(root, full_hash=False, sample_records=4)
+    assert not report.ok
+    assert any("holds 5 records but dataset.json lists 6" in e for e in report.errors), report.errors
 
 
 # ---------------------------------------------------------------------------- TFRecord framing

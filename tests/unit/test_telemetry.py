@@ -16,6 +16,7 @@ from job.telemetry import (
     STEP_SECONDS_BUCKETS,
     DriverTelemetry,
     WorkerTelemetry,
+    resolve_bind_address,
     worker_port,
 )
 from tests.cli import require_tool, run_command
@@ -286,3 +287,34 @@ def test_no_server_when_disabled_or_no_port(port, enabled):
     w = WorkerTelemetry("r", 0, port=port, enabled=enabled)
     assert w.port is None
     w.close()
+
+
+# ---- bind address (tests/unit/test_metrics_bind.py checks who can connect) ------------------
+
+
+@pytest.mark.parametrize(
+    "environ,expected",
+    [
+        ({}, "127.0.0.1"),  # train --local, or a Ray the driver starts itself
+        ({"PATH": "/usr/bin", "RAY_ADDRESS": ""}, "127.0.0.1"),  # empty is unset, as for connect()
+        ({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}, "0.0.0.0"),  # any pod: the kubelet sets it
+        ({"RAY_ADDRESS": "10.0.0.5:6379"}, "0.0.0.0"),  # joined a cluster: ray job submit, KubeRay
+        ({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "RAY_ADDRESS": "auto"}, "0.0.0.0"),
+    ],
+)
+def test_auto_bind_address_is_loopback_unless_in_a_pod_or_on_a_cluster(environ, expected):
+    assert resolve_bind_address("auto", environ) == expected
+
+
+@pytest.mark.parametrize("setting", ["0.0.0.0", "127.0.0.1", "10.1.2.3", "::"])
+def test_an_explicit_bind_address_wins_over_the_environment(setting):
+    assert resolve_bind_address(setting, {}) == setting
+    assert resolve_bind_address(setting, {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "RAY_ADDRESS": "x:1"}) == setting
+
+
+def test_auto_reads_the_process_environment_by_default(monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert resolve_bind_address() == "127.0.0.1"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    assert resolve_bind_address() == "0.0.0.0"
