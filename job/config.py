@@ -47,6 +47,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # Below the Linux ephemeral range (32768+), so Ray's own listeners cannot take them.
 DEFAULT_DRIVER_PORT = 9400
 DEFAULT_WORKER_PORT_BASE = 9401
+DEFAULT_LEASE_TIMEOUT_SECONDS = 60.0
 SCHEDULES = ("plateau", "constant", "cosine")
 # Ray placement group strategies for the worker group (ray.train.ScalingConfig.placement_strategy).
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -338,7 +339,7 @@ class Config:
 
     run_name: str = setting("", "Stable run name; empty means the last part of --output.")
     lease_timeout_seconds: float = setting(
-        60.0,
+        DEFAULT_LEASE_TIMEOUT_SECONDS,
         "A run holds a lease on --output and renews it every quarter of this; a second run takes it over "
         "only when it is this old (or its holder provably exited, or belongs to the same JOB_RUN_CHAIN).",
         min=2.0,

@@ -7,8 +7,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from job import storage
+from job.config import DEFAULT_LEASE_TIMEOUT_SECONDS
+from job.storage.lease import RunLease
 
 HELP = "Evaluate a run's best checkpoint; write metrics.json and thresholds."
 
@@ -31,5 +34,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         storage.check_access(args.output, write=True)
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
-    evaluate_run(args.run.rstrip("/"), data_uri=args.data, splits=splits, output_uri=args.output)
+    run_uri = args.run.rstrip("/")
+    # Results written into the run folder: take its lease, so a `train` still running there
+    # (which evaluates at its end) is not overwritten, and is named instead.
+    writes_into_run = args.output is None or args.output.rstrip("/") == run_uri
+    lease = RunLease(run_uri, DEFAULT_LEASE_TIMEOUT_SECONDS) if writes_into_run else contextlib.nullcontext()
+    with lease:
+        evaluate_run(run_uri, data_uri=args.data, splits=splits, output_uri=args.output)
     return 0

@@ -43,10 +43,10 @@ from dataclasses import asdict, dataclass
 from job.errors import UserError
 from job.storage.client import _error_code, _s3_errors, s3_client
 from job.storage.paths import _local, _split, is_s3, join
+from job.storage.run_store import LEASE_FILE
 
 log = logging.getLogger(__name__)
 
-LEASE_FILE = "lease.json"
 CHAIN_ENV = "JOB_RUN_CHAIN"
 _PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
@@ -116,7 +116,7 @@ class _LocalBackend:
         # refused before it wrote anything leaves nothing behind. It is never deleted: every
         # driver must lock the same inode.
         digest = hashlib.sha256(os.path.realpath(self.folder).encode()).hexdigest()[:32]
-        self.lock_path = os.path.join(tempfile.gettempdir(), "multilabel-job", "locks", f"{digest}.lock")
+        self.lock_path = os.path.join(tempfile.gettempdir(), "multilabel-job-locks", f"{digest}.lock")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -11,6 +11,7 @@ A run is the folder given as `train --output` (a local path or `s3://bucket/runs
     checkpoint_epoch-NNNNNN/    one folder per saved epoch (layout: training/checkpoints.py)
     tensorboard/                TensorBoard event files of rank 0
     attempts/                   one empty marker per worker-group start (restart counting)
+    lease.json                  the run lease while a driver runs (storage/lease.py)
 
 Everything else in the product asks this module for a name or a file; nobody joins these
 names by hand.
@@ -44,6 +45,7 @@ PER_LABEL_CSV_FILE = "per_label.csv"
 PLOT_FILES = ("predictions.png", "per_label.png", "cooccurrence.png", "history.png")
 TENSORBOARD_DIR = "tensorboard"
 ATTEMPTS_DIR = "attempts"
+LEASE_FILE = "lease.json"
 CHECKPOINT_PREFIX = "checkpoint_epoch-"
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 

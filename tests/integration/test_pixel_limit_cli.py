@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from tests.cli import assert_clean_error, run_cli, run_command
-from tests.unit.test_pixel_limit import BOMB_MESSAGE, bomb_png, encoded, save_tiny_export
+from tests.unit.test_pixel_limit import BOMB_MESSAGE, bomb_png, encoded, image_folder, save_tiny_export
 
 pytestmark = pytest.mark.integration
 
@@ -36,20 +36,10 @@ def bomb() -> bytes:
     return bomb_png()
 
 
-def _source(tmp_path, images: dict[str, bytes]):
-    root = tmp_path / "images"
-    root.mkdir()
-    for name, data in images.items():
-        (root / name).write_bytes(data)
-    csv = tmp_path / "labels.csv"
-    csv.write_text("image,labels\n" + "".join(f"{name},{'sea' if i % 2 else 'sky'}\n" for i, name in enumerate(images)))
-    return root, csv
-
-
 def test_prepare_names_the_row_of_an_over_limit_image_or_skips_it(tmp_path, bomb):
     images = {f"{i}.png": encoded("PNG", 20, 20, seed=i) for i in range(4)}
     images["bomb.png"] = bomb
-    root, csv = _source(tmp_path, images)
+    root, csv = image_folder(tmp_path, images)
     common = ("prepare", "--images", root, "--labels", csv, "--num-shards", "1", "--quiet")
     assert_clean_error(
         run_cli(*common, "--out", tmp_path / "out"),

@@ -21,7 +21,7 @@ import pytest
 
 from job import storage
 from job.storage.lease import LEASE_FILE, LeaseHeld, RunLease
-from tests.cli import kill_group, require, run_cli, run_command, start_cli
+from tests.cli import assert_clean_error, kill_group, require, run_cli, run_command, start_cli
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +157,10 @@ def test_a_second_train_on_one_output_is_refused_and_a_dead_runs_lease_is_taken_
     assert re.search(r"resuming from \S+checkpoint_epoch-\d+", out), out[-2000:]
     assert [row["epoch"] for row in json.loads((run / "history.json").read_text())] == list(range(1, done + 2))
     assert not (run / LEASE_FILE).exists(), "a finished run keeps its lease"
+
+
+def test_evaluate_into_a_run_that_is_training_is_refused(tmp_path):
+    run = str(tmp_path / "run")
+    with RunLease(run, timeout_seconds=30):  # as a running `train` holds it
+        result = run_cli("evaluate", "--run", run, timeout=120)
+    assert_clean_error(result, "is in use by another run", f"pid {os.getpid()}")

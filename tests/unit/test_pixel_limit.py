@@ -165,7 +165,8 @@ def test_prepare_refuses_the_bomb_from_its_header_before_pil_opens_it(bomb, tmp_
     assert peak_rss_bytes() - before < MAX_RSS_GROWTH_BYTES
 
 
-def _folder(tmp_path, images: dict[str, bytes]):
+def image_folder(tmp_path, images: dict[str, bytes]):
+    """(images folder, labels CSV) holding `images` by name, labelled sky/sea in turn."""
     root = tmp_path / "images"
     root.mkdir()
     for name, data in images.items():
@@ -179,7 +180,7 @@ def test_prepare_lists_an_over_limit_image_as_a_bad_row_or_skips_it(tmp_path):
     images = {f"{i}.png": encoded("PNG", 20, 20, seed=i) for i in range(6)}
     images["big.png"] = encoded("PNG", 40, 30)  # 1,200 px, above a limit of 1,000
     images["big.tiff"] = encoded("TIFF", 40, 30)  # a format the header reader leaves to PIL
-    root, csv = _folder(tmp_path, images)
+    root, csv = image_folder(tmp_path, images)
     with pytest.raises(UserError) as caught:
         prepare_dataset(
             root, csv, str(tmp_path / "out"), PrepareOptions(max_pixels=1000, reencode=True), progress=False
