@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     # Results written into the run folder: take its lease, so a `train` still running there
     # (which evaluates at its end) is not overwritten, and is named instead.
     writes_into_run = args.output is None or args.output.rstrip("/") == run_uri
-    lease = RunLease(run_uri, DEFAULT_LEASE_TIMEOUT_SECONDS) if writes_into_run else contextlib.nullcontext()
+    # chain="": never a member of the training run's attempt chain, whatever the environment says.
+    lease = RunLease(run_uri, DEFAULT_LEASE_TIMEOUT_SECONDS, chain="") if writes_into_run else contextlib.nullcontext()
     with lease:
         evaluate_run(run_uri, data_uri=args.data, splits=splits, output_uri=args.output)
     return 0

@@ -32,7 +32,7 @@ from job.cluster.worker import quiet_ray_data, worker_entry
 from job.config import Config, config_to_dict
 from job.console import is_verbose, setup_worker_logging
 from job.errors import UserError
-from job.launch.plan import RunPlan, finish_run, started_run
+from job.launch.plan import RunPlan, check_lease, finish_run, started_run
 from job.storage import scratch
 from job.storage.run_store import RunStore
 from job.telemetry import DriverTelemetry, resolve_bind_address
@@ -150,6 +150,7 @@ def run_distributed(
         telemetry.set_state("running")
         try:
             history = _fit(cfg, plan, telemetry)
+            check_lease(plan)
             metrics = _finish(cfg, plan, history)
         except BaseException:
             telemetry.set_state("failed")

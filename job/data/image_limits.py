@@ -145,8 +145,62 @@ def check_pixel_limit(source: bytes | BinaryIO, max_pixels: int, setting: str) -
     wrong with it (and, for the four encodings above, allocates nothing for a header it
     cannot read either).
     """
-    size = read_image_size(source)
+    fh = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    start = fh.tell()
+    size = read_image_size(fh)
     if size is None:
         return None
-    _, width, height = size
-    return pixel_limit_problem(width, height, max_pixels, setting)
+    encoding, width, height = size
+    problem = pixel_limit_problem(width, height, max_pixels, setting)
+    if problem or encoding != "gif":
+        return problem
+    # TensorFlow's GIF decoder reads every frame (even when only the first is kept), each
+    # at least the screen's size: the frames together are what it allocates.
+    fh.seek(start)
+    frames = _gif_frames(fh)
+    pixels = sum(max(width * height, w * h) for w, h in frames)
+    if pixels <= max_pixels:
+        return None
+    return (
+        f"a GIF of {len(frames)} frames on a {width}x{height} screen decodes to {format_pixels(pixels)}, above "
+        f"the pixel limit of {format_pixels(max_pixels)} ({setting})"
+    )
+
+
+def _skip_sub_blocks(fh: BinaryIO) -> bool:
+    """Skip GIF data sub-blocks up to the terminator; False if the stream ends first."""
+    while True:
+        size = fh.read(1)
+        if not size:
+            return False
+        if size[0] == 0:
+            return True
+        fh.seek(size[0], io.SEEK_CUR)
+
+
+def _gif_frames(fh: BinaryIO) -> list[tuple[int, int]]:
+    """(width, height) of every image in a GIF, from the image descriptors (no LZW decoding)."""
+    header = fh.read(13)
+    if len(header) < 13:
+        return []
+    if header[10] & 0x80:  # a global colour table follows the screen descriptor
+        fh.seek(3 * 2 ** ((header[10] & 0x07) + 1), io.SEEK_CUR)
+    frames = []
+    while True:
+        kind = fh.read(1)
+        if kind == b"\x2c":  # image descriptor
+            desc = fh.read(9)
+            if len(desc) < 9:
+                return frames
+            frames.append(struct.unpack("<HH", desc[4:8]))
+            if desc[8] & 0x80:  # local colour table
+                fh.seek(3 * 2 ** ((desc[8] & 0x07) + 1), io.SEEK_CUR)
+            fh.read(1)  # LZW minimum code size
+            if not _skip_sub_blocks(fh):
+                return frames
+        elif kind == b"\x21":  # extension: a label, then sub-blocks
+            fh.read(1)
+            if not _skip_sub_blocks(fh):
+                return frames
+        else:  # trailer, or anything a decoder would stop at
+            return frames

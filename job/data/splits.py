@@ -19,10 +19,12 @@ from collections.abc import Callable
 import numpy as np
 
 from job import storage
+from job.config import DEFAULT_LEASE_TIMEOUT_SECONDS
 from job.data import shards
 from job.data.synthetic import generate
 from job.errors import UserError
 from job.progress import Progress
+from job.storage.lease import RunLease
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,25 @@ def write_dataset(
         progress: show a progress bar.
         overwrite: replace a data set already at `root` (else that is a UserError).
     """
+    # One writer per data set root at a time (the same lease a run takes on its folder):
+    # a second `prepare` onto the same --out is refused instead of interleaving generations.
+    with RunLease(root, DEFAULT_LEASE_TIMEOUT_SECONDS, chain=""):
+        return _write_dataset(
+            root, class_names, fmt, splits, make_example, num_train_shards, source, progress, overwrite
+        )
+
+
+def _write_dataset(
+    root: str,
+    class_names: list[str],
+    fmt: str,
+    splits: dict[str, np.ndarray],
+    make_example: Callable[[int], shards.Example],
+    num_train_shards: int,
+    source: dict,
+    progress: bool,
+    overwrite: bool,
+) -> shards.Manifest:
     previous = check_target(root, overwrite)
     generation = shards.new_generation()
     sizes = {name: len(idx) for name, idx in splits.items()}
@@ -114,7 +135,7 @@ def write_dataset(
     except BaseException:
         # Nothing was published; take back this generation's shards (a kill leaves them to the next publish).
         with contextlib.suppress(Exception):
-            remove_stale_shards(root, keep=previous.shard_paths() if previous else set())
+            remove_stale_shards(root, only_generation=generation)
         raise
     bar.close()
     manifest = shards.Manifest(
@@ -154,8 +175,9 @@ def check_target(root: str, overwrite: bool) -> shards.Manifest | None:
     return previous
 
 
-def remove_stale_shards(root: str, keep: set[str]) -> None:
-    """Delete shard files of older generations, and leftovers of killed writes, under ROOT/SPLIT/.
+def remove_stale_shards(root: str, keep: set[str] = frozenset(), only_generation: str | None = None) -> None:
+    """Delete shard files under ROOT/SPLIT/ that are not in `keep`, and leftovers of killed writes;
+    with `only_generation`, only that generation's shards.
 
     Only names this product writes are touched, so other files in the folder are safe.
     """
@@ -167,6 +189,8 @@ def remove_stale_shards(root: str, keep: set[str]) -> None:
             name = storage.basename(uri)
             if storage.join(folder, name) != uri:
                 continue  # in a subfolder: not ours
+            if only_generation is not None and f".{only_generation}." not in name:
+                continue
             if shards.SHARD_NAME_PATTERN.match(name) and f"{split}/{name}" not in keep:
                 storage.delete(uri)
                 removed += 1

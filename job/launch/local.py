@@ -7,7 +7,7 @@ import logging
 
 from job.config import Config
 from job.data import pipeline
-from job.launch.plan import finish_run, started_run
+from job.launch.plan import check_lease, finish_run, started_run
 from job.storage.run_store import RunStore
 from job.telemetry import WorkerTelemetry
 from job.training import checkpoints, loop
@@ -58,4 +58,5 @@ def run_local(
             )
         finally:
             telemetry.close()
+        check_lease(plan)
         return finish_run(cfg, plan, history)

@@ -25,7 +25,7 @@ from job.data.validate import validate_dataset
 from job.errors import UserError
 from job.evaluation.evaluate import evaluate_run
 from job.storage.lease import RunLease
-from job.storage.run_store import RunStore
+from job.storage.run_store import CONFIG_FILE, RunStore
 from job.training.loop import WorkerPlan
 from job.training.model import backbone_layer_names, check_model_options
 from job.training.transfer import check_transfer_options
@@ -224,6 +224,7 @@ def write_config(cfg: Config, plan: RunPlan) -> None:
             "num_workers": plan.num_workers,
             "global_batch_size": plan.global_batch_size,
             "steps_per_epoch": plan.steps_per_epoch,
+            "data_generation": plan.manifest.generation,
             "environment": environment_info(),
         },
     )
@@ -241,25 +242,26 @@ def started_run(
 
     Raises:
         LeaseHeld (a UserError) at once when another live run holds --output; UserError when
-        another run takes the lease over while this one runs (this one then stops).
+        another run takes the lease over while this one runs (this one then stops), or when
+        the data set was re-written since the run started.
     """
     plan = plan_run(cfg, data_uri, output_uri, run_name, num_workers=num_workers)
     log.info("plan:\n%s", plan.describe())
     if dry_run:
         yield None
         return
-    lost: list[str] = []
-
-    def stop_this_run(holder) -> None:
-        lost.append(holder.describe() if holder else "nobody (lease.json was deleted)")
-        _thread.interrupt_main()  # the heartbeat runs on its own thread; training runs on the main one
-
-    with RunLease(plan.run_uri, cfg.lease_timeout_seconds, on_lost=stop_this_run):
+    # Losing the lease stops training: the heartbeat interrupts the main thread (Ray Train's
+    # own SIGINT handler may turn that into its own abort or exit), and whatever the training
+    # call then raises or returns, the run ends here with the reason.
+    lease = RunLease(plan.run_uri, cfg.lease_timeout_seconds, on_lost=lambda holder: _thread.interrupt_main())
+    with lease:
+        _HELD[plan.run_uri] = lease
         try:
             # Leftovers of a killed earlier attempt: no other writer can be active under the lease.
             removed = storage.delete_partial_files(plan.run_uri)
             if removed:
                 log.info("removed %d unfinished file(s) a killed earlier attempt left in %s", removed, plan.run_uri)
+            check_same_data(plan)
             verify_data(cfg, plan)
             warn_correlated_labels(cfg, plan)
             if is_verbose():
@@ -267,13 +269,41 @@ def started_run(
             log.info("config (changes from the defaults): %s", describe_changes(cfg))
             write_config(cfg, plan)
             yield plan
-        except KeyboardInterrupt:
-            if lost:
-                raise UserError(
-                    f"Another run took over the lease of {plan.run_uri} ({lost[0]}); this run stopped so that "
-                    "the two do not mix their checkpoints. Give each run its own --output."
-                ) from None
+        except BaseException:
+            check_lease(plan)
             raise
+        finally:
+            _HELD.pop(plan.run_uri, None)
+        check_lease(plan, lease)
+
+
+# The leases this process holds, by run URI (see `check_lease`).
+_HELD: dict[str, RunLease] = {}
+
+
+def check_lease(plan: RunPlan, lease: RunLease | None = None) -> None:
+    """Raise UserError if this process lost the run's lease; call it before writing results."""
+    lease = lease or _HELD.get(plan.run_uri)
+    if lease is not None and lease.lost:
+        raise UserError(
+            f"This run lost the lease of {plan.run_uri} ({lease.lost}) and stopped, so that two runs do not "
+            "mix their checkpoints and results. Give each run its own --output."
+        ) from None
+
+
+def check_same_data(plan: RunPlan) -> None:
+    """Refuse to resume a run on a different generation of its data set (re-prepared meanwhile)."""
+    store = RunStore(plan.run_uri)
+    if not store.is_run():
+        return
+    before = storage.read_json(store.path(CONFIG_FILE)).get("data_generation")
+    now = plan.manifest.generation
+    if before and before != now:
+        raise UserError(
+            f"The data set {plan.data_uri} was re-written since this run started (generation {before}, now "
+            f"{now or 'none'}): resuming would train one run on two data sets. Start a new run with another "
+            "--output, or restore the earlier data set."
+        )
 
 
 def finish_run(cfg: Config, plan: RunPlan, history: list[dict]) -> dict:

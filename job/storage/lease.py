@@ -66,6 +66,10 @@ class Holder:
     chain: str
     started: float
     timeout_seconds: float
+    # Host names repeat (containers, CI runners); the kernel's boot id and the pid namespace
+    # say whether `pid` can be checked from here at all.
+    boot_id: str = ""
+    pid_namespace: str = ""
 
     def describe(self) -> str:
         chain = f", attempt chain {self.chain}" if self.chain else ""
@@ -82,9 +86,26 @@ def _process_start(pid: int) -> int:
         return 0
 
 
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
 def _gone_from_this_host(holder: Holder) -> bool:
-    """True when `holder` ran on this host and its process has exited (or the pid was reused)."""
-    if holder.host != socket.gethostname():
+    """True when `holder` ran on this kernel, in this pid namespace, and its process has exited
+    (or its pid was reused). Anything unknown counts as "cannot tell": False."""
+    here = (socket.gethostname(), _boot_id(), _pid_namespace())
+    if not all(here) or (holder.host, holder.boot_id, holder.pid_namespace) != here:
         return False
     try:
         os.kill(holder.pid, 0)
@@ -148,7 +169,8 @@ class _LocalBackend:
             now = self._read_unlocked()
             if (now.token if now else None) != token:
                 return None
-            tmp = f"{self.path}.{uuid.uuid4().hex}.partial-tmp"
+            # Not named *.partial-*: a resuming run sweeps those, and this one is under the lock.
+            tmp = os.path.join(self.folder, f".{LEASE_FILE}.{uuid.uuid4().hex}.tmp")
             with open(tmp, "wb") as fh:
                 fh.write(body)
                 fh.flush()
@@ -191,7 +213,8 @@ class _S3Backend:
             try:
                 response = s3_client().put_object(Bucket=self.bucket, Key=self.key, Body=body, **condition)
             except Exception as exc:  # noqa: BLE001 - a failed precondition is an answer, not an error
-                if _error_code(exc) in _PRECONDITION_CODES:
+                # If-Match on a lease someone deleted answers "no such key": it is not ours either.
+                if _error_code(exc) in _PRECONDITION_CODES or (token and _error_code(exc) in ("NoSuchKey", "404")):
                     return None
                 raise
         return response["ETag"]
@@ -242,8 +265,11 @@ class RunLease:
             chain=os.environ.get(CHAIN_ENV, "") if chain is None else chain,
             started=time.time(),
             timeout_seconds=float(timeout_seconds),
+            boot_id=_boot_id(),
+            pid_namespace=_pid_namespace(),
         )
         self.on_lost = on_lost
+        self.lost: str | None = None  # why the lease was lost, once it was
         self._token: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -269,6 +295,8 @@ class RunLease:
             seen = self.backend.read()
             if seen is None:
                 self._token = self.backend.put(body, None)
+            elif seen.holder is not None and seen.holder.owner == self.me.owner:
+                self._token = seen.token  # our own write, answered as failed after a retried request
             else:
                 reason = self._takeover_reason(seen)
                 if reason is None:
@@ -284,7 +312,13 @@ class RunLease:
 
     def _held_error(self, seen: _Seen) -> LeaseHeld:
         holder = seen.holder
-        assert holder is not None
+        if holder is None:
+            left = max(0.0, self.me.timeout_seconds - seen.age_seconds)
+            return LeaseHeld(
+                f"{self.run_uri} has a {LEASE_FILE} this release cannot read, written {seen.age_seconds:.0f} s "
+                f"ago: another run (perhaps of another version) may be using it. Wait, or choose another "
+                f"--output; if no run is using it, it is taken over in {left:.0f} s."
+            )
         left = max(0.0, holder.timeout_seconds - seen.age_seconds)
         return LeaseHeld(
             f"{self.run_uri} is in use by another run: {holder.describe()}, last heartbeat "
@@ -298,25 +332,35 @@ class RunLease:
     def _beat(self) -> None:
         interval = max(0.5, self.me.timeout_seconds / 4)
         body = json.dumps(asdict(self.me)).encode()
+        renewed = time.monotonic()
         while not self._stop.wait(interval):
             try:
                 token = self.backend.put(body, self._token)
-            except UserError as exc:  # storage hiccup: the next beat tries again, well within the timeout
-                log.warning("lease heartbeat of %s failed: %s", self.run_uri, exc)
-                continue
+            except (UserError, OSError) as exc:
+                silent = time.monotonic() - renewed
+                if silent <= self.me.timeout_seconds:  # a hiccup: the next beat tries again
+                    log.warning("lease heartbeat of %s failed: %s", self.run_uri, exc)
+                    continue
+                # Others may take it over by now: behave as if it were taken.
+                self._lost(None, f"no heartbeat could be written for {silent:.0f} s")
+                return
             if token is None:
-                seen = self.backend.read()
+                try:
+                    seen = self.backend.read()
+                except (UserError, OSError):
+                    seen = None
                 holder = seen.holder if seen else None
-                log.error(
-                    "lost the lease of %s to %s; stopping this run so the two do not mix",
-                    self.run_uri,
-                    holder.describe() if holder else "nobody (it was deleted)",
-                )
-                self._token = None
-                if self.on_lost:
-                    self.on_lost(holder)
+                self._lost(holder, holder.describe() if holder else "nobody (it was deleted)")
                 return
             self._token = token
+            renewed = time.monotonic()
+
+    def _lost(self, holder: Holder | None, why: str) -> None:
+        log.error("lost the lease of %s (%s); stopping this run so that two runs do not mix", self.run_uri, why)
+        self._token = None
+        self.lost = why
+        if self.on_lost:
+            self.on_lost(holder)
 
     def release(self) -> None:
         """Stop the heartbeat and delete the lease if it is still ours."""

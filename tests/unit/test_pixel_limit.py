@@ -358,3 +358,17 @@ def test_the_exported_signature_refuses_the_bomb_without_decoding_it(exports, bo
     with pytest.raises(UserError, match="above the model's pixel limit of 40000000 pixels"):
         SavedModelPredictor(str(default)).predict([bomb])
     assert peak_rss_bytes() - rss < MAX_RSS_GROWTH_BYTES
+
+
+def test_an_animated_gif_counts_every_frame(tmp_path):
+    # 50 frames of 1000x1000: 92 KB on disk, 50 Mpx for TensorFlow's GIF decoder, which
+    # decodes every frame even when only the first is kept.
+    frames = [Image.new("P", (1000, 1000), i) for i in range(50)]
+    path = tmp_path / "many.gif"
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:])
+    problem = check_image_file(str(path), pass_through=True)
+    assert problem == (
+        "a GIF of 50 frames on a 1000x1000 screen decodes to 50 Mpx, above the pixel limit of 40 Mpx (--max-pixels)"
+    )
+    frames[0].save(tmp_path / "one.gif", format="GIF")
+    assert check_image_file(str(tmp_path / "one.gif"), pass_through=True) is None
