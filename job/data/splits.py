@@ -88,67 +88,51 @@ def write_dataset(
     # One writer per data set root at a time (the same lease a run takes on its folder):
     # a second `prepare` onto the same --out is refused instead of interleaving generations.
     with RunLease(root, DEFAULT_LEASE_TIMEOUT_SECONDS, chain=""):
-        return _write_dataset(
-            root, class_names, fmt, splits, make_example, num_train_shards, source, progress, overwrite
+        previous = check_target(root, overwrite)
+        generation = shards.new_generation()
+        sizes = {name: len(idx) for name, idx in splits.items()}
+        counts = shard_counts(num_train_shards, sizes)
+        total = sum(sizes.values())
+        bar = Progress("writing", unit="images", enabled=progress)
+        done = 0
+        encodings: set[str] = set()  # recorded in dataset.json: pass-through keeps PNGs as PNGs
+
+        def stream(indices):
+            nonlocal done
+            for i in indices:
+                example = make_example(int(i))
+                encodings.add(shards.sniff_encoding(example.image))
+                done += 1
+                if done % 50 == 0 or done == total:
+                    bar.update(done, total)
+                yield example
+
+        written = {}
+        try:
+            for name in shards.SPLITS:
+                if sizes.get(name, 0) == 0:
+                    written[name] = []
+                    continue
+                written[name] = shards.write_split(
+                    root, name, stream(splits[name]), sizes[name], counts[name], fmt, len(class_names), generation
+                )
+        except BaseException:
+            # Nothing was published; take back this generation's shards (a kill leaves them to the next publish).
+            with contextlib.suppress(Exception):
+                remove_stale_shards(root, only_generation=generation)
+            raise
+        bar.close()
+        manifest = shards.Manifest(
+            format=fmt,
+            class_names=list(class_names),
+            splits=written,
+            source=source,
+            image_encoding=shards.describe_encodings(encodings),
+            generation=generation,
         )
-
-
-def _write_dataset(
-    root: str,
-    class_names: list[str],
-    fmt: str,
-    splits: dict[str, np.ndarray],
-    make_example: Callable[[int], shards.Example],
-    num_train_shards: int,
-    source: dict,
-    progress: bool,
-    overwrite: bool,
-) -> shards.Manifest:
-    previous = check_target(root, overwrite)
-    generation = shards.new_generation()
-    sizes = {name: len(idx) for name, idx in splits.items()}
-    counts = shard_counts(num_train_shards, sizes)
-    total = sum(sizes.values())
-    bar = Progress("writing", unit="images", enabled=progress)
-    done = 0
-    encodings: set[str] = set()  # recorded in dataset.json: pass-through keeps PNGs as PNGs
-
-    def stream(indices):
-        nonlocal done
-        for i in indices:
-            example = make_example(int(i))
-            encodings.add(shards.sniff_encoding(example.image))
-            done += 1
-            if done % 50 == 0 or done == total:
-                bar.update(done, total)
-            yield example
-
-    written = {}
-    try:
-        for name in shards.SPLITS:
-            if sizes.get(name, 0) == 0:
-                written[name] = []
-                continue
-            written[name] = shards.write_split(
-                root, name, stream(splits[name]), sizes[name], counts[name], fmt, len(class_names), generation
-            )
-    except BaseException:
-        # Nothing was published; take back this generation's shards (a kill leaves them to the next publish).
-        with contextlib.suppress(Exception):
-            remove_stale_shards(root, only_generation=generation)
-        raise
-    bar.close()
-    manifest = shards.Manifest(
-        format=fmt,
-        class_names=list(class_names),
-        splits=written,
-        source=source,
-        image_encoding=shards.describe_encodings(encodings),
-        generation=generation,
-    )
-    shards.write_manifest(root, manifest)
-    remove_stale_shards(root, keep=manifest.shard_paths() | (previous.shard_paths() if previous else set()))
-    return manifest
+        shards.write_manifest(root, manifest)
+        remove_stale_shards(root, keep=manifest.shard_paths() | (previous.shard_paths() if previous else set()))
+        return manifest
 
 
 def check_target(root: str, overwrite: bool) -> shards.Manifest | None:
