@@ -314,14 +314,13 @@ def check_rows(
     known = set(classes) if classes is not None else None
     first_seen: dict[str, Row] = {}
     candidates = []
-    inside = os.path.realpath(images_dir)
     for row in rows:
         if not row.image:
             bad[row.number] = BadRow(row.number, row.image, "the image field is empty")
             continue
         # The file the name really reaches: `a/../b.jpg`, `./b.jpg` and a symlink to b.jpg are b.jpg.
         real = os.path.realpath(row.path)
-        if not allow_outside and os.path.commonpath([inside, real]) != inside:
+        if not allow_outside and not storage.is_within(real, images_dir):
             bad[row.number] = BadRow(
                 row.number,
                 row.image,
@@ -344,17 +343,25 @@ def check_rows(
                 continue
         candidates.append(row)
 
+    def check(row: Row) -> tuple[str | None, str | None]:
+        """(the image's problem, or None and the sha256 of its bytes)."""
+        problem = check_image_file(row.path, pass_through, max_pixels)
+        return problem, None if problem else storage.sha256_file(row.path)
+
     bar = Progress("checking", unit="images", enabled=progress)
+    same_content: dict[str, Row] = {}  # sha256 -> the first usable row with those bytes
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for done, (row, problem) in enumerate(
-            zip(candidates, pool.map(lambda r: check_image_file(r.path, pass_through, max_pixels), candidates)), start=1
-        ):
+        for done, (row, (problem, digest)) in enumerate(zip(candidates, pool.map(check, candidates)), start=1):
             if problem:
                 bad[row.number] = BadRow(row.number, row.image, problem)
+            elif digest in same_content:
+                # A copy under another name: the same image with two label sets.
+                bad[row.number] = BadRow(row.number, row.image, _repeated(same_content[digest], "the same content as"))
+            else:
+                same_content[digest] = row
             if done % 100 == 0 or done == len(candidates):
                 bar.update(done, len(candidates))
     bar.close()
-    _mark_same_content([r for r in candidates if r.number not in bad], bad, threads)
     good = [r for r in rows if r.number not in bad]
     return good, sorted(bad.values(), key=lambda b: b.number)
 
@@ -364,17 +371,6 @@ def _repeated(first: Row, relation: str) -> str:
         f"{relation} row {first.number} ({first.image}); list each image once, with all its labels "
         "(one image in two rows would train on two label sets and could land in two splits)"
     )
-
-
-def _mark_same_content(rows: Sequence[Row], bad: dict[int, BadRow], threads: int) -> None:
-    """Mark rows whose file has the same bytes as an earlier row's (copies under other names)."""
-    first_seen: dict[str, Row] = {}
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for row, digest in zip(rows, pool.map(lambda r: storage.sha256_file(r.path), rows)):
-            if digest in first_seen:
-                bad[row.number] = BadRow(row.number, row.image, _repeated(first_seen[digest], "the same content as"))
-            else:
-                first_seen[digest] = row
 
 
 def bad_rows_error(bad: Sequence[BadRow], labels_csv: str, total: int) -> UserError:
@@ -479,10 +475,7 @@ def train_shard_count(rows: Sequence[Row], train_idx: np.ndarray, options: Prepa
 
 def check_output_outside_images(out: str, images_dir: str) -> None:
     """Refuse a local --out that is the images folder or inside it: the next prepare would see the shards."""
-    if storage.is_s3(out):
-        return
-    images, target = os.path.realpath(images_dir), os.path.realpath(out)
-    if os.path.commonpath([images, target]) == images:
+    if storage.is_within(out, images_dir):
         raise UserError(
             f"--out {out} is inside --images {images_dir}: the data set would be written among the images "
             "it is made from. Choose an --out outside the images folder."

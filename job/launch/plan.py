@@ -9,7 +9,6 @@ from __future__ import annotations
 import _thread
 import contextlib
 import logging
-import os
 import platform
 import re
 from collections.abc import Iterator
@@ -100,14 +99,9 @@ def resolve_run(output_uri: str, run_name: str | None, cfg: Config) -> tuple[str
     return output_uri, name
 
 
-def _comparable(uri: str) -> str:
-    return uri.rstrip("/") + "/" if storage.is_s3(uri) else os.path.realpath(uri) + os.sep
-
-
 def check_apart(data_uri: str, output_uri: str) -> None:
     """Refuse a run folder that is the data set, inside it, or holds it: one would overwrite the other."""
-    data, output = _comparable(data_uri), _comparable(output_uri)
-    if data.startswith(output) or output.startswith(data):
+    if storage.is_within(output_uri, data_uri) or storage.is_within(data_uri, output_uri):
         raise UserError(
             f"--output {output_uri} and --data {data_uri} overlap: the run's checkpoints and reports would be "
             "written among the data set's shards. Give the run its own folder, e.g. --output runs/NAME."

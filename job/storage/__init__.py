@@ -43,12 +43,13 @@ from job.storage.objects import (
     write_json,
     write_text,
 )
-from job.storage.paths import StorageError, basename, is_s3, join, parent
+from job.storage.paths import StorageError, basename, is_s3, is_within, join, parent
 
 __all__ = [
     "StorageError",
     "S3Settings",
     "is_s3",
+    "is_within",
     "join",
     "parent",
     "basename",

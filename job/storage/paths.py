@@ -63,3 +63,17 @@ def basename(uri: str) -> str:
         return os.path.basename(uri.rstrip(os.sep))
     bucket, key = _split(uri)
     return key.rsplit("/", 1)[-1] if key else bucket
+
+
+def is_within(uri: str, folder: str) -> bool:
+    """True when `uri` is `folder` or lies inside it.
+
+    Local paths are compared by their real paths (symlinks and `..` resolved); s3:// URIs by
+    bucket and key prefix. A local path is never within an s3:// folder, nor the reverse.
+    """
+    if is_s3(uri) != is_s3(folder):
+        return False
+    if is_s3(uri):
+        return f"{uri.rstrip('/')}/".startswith(f"{folder.rstrip('/')}/")
+    inner, outer = os.path.realpath(_local(uri)), os.path.realpath(_local(folder))
+    return os.path.commonpath([inner, outer]) == outer

@@ -230,3 +230,17 @@ def test_arrow_filesystem_uses_the_same_settings(clean_env, no_network):
     assert "127.0.0.1:9000" in repr(fs.__reduce__())
     assert storage.arrow_filesystem("s3://bucket")[1] == "bucket"
     assert no_network == []
+
+
+def test_is_within_resolves_local_paths_and_compares_s3_prefixes(tmp_path):
+    from job.storage import is_within
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    assert is_within(str(tmp_path / "a" / "b"), str(tmp_path / "a"))
+    assert is_within(str(tmp_path / "a"), str(tmp_path / "a" / "b" / ".."))
+    assert is_within(str(tmp_path / "link" / "b"), str(tmp_path / "a"))
+    assert not is_within(str(tmp_path / "ab"), str(tmp_path / "a"))  # a name prefix is not a folder
+    assert is_within("s3://bkt/runs/x/", "s3://bkt/runs")
+    assert not is_within("s3://bkt/runs-old/x", "s3://bkt/runs")
+    assert not is_within("s3://bkt/runs", str(tmp_path))
