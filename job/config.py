@@ -259,6 +259,19 @@ class ScalingConfig:
         1.0, "Logical CPUs kept free for Ray Data read tasks on a local Ray.", min=0.5, max=1024.0
     )
     max_failures: int = setting(1, "Worker-group restarts Ray Train may make before the run fails.", min=0, max=1000)
+    max_preemption_failures: int = setting(
+        -1,
+        "Worker-group restarts after a preemption (a node drained with a deadline, e.g. a spot reclaim) "
+        "before the run fails; counted apart from max_failures. -1: no limit.",
+        min=-1,
+        max=100_000,
+    )
+    preemption_grace_seconds: float = setting(
+        0.0,
+        "After a preemption's deadline, how long Ray Train keeps the surviving workers before restarting the group.",
+        min=0.0,
+        max=3600.0,
+    )
     placement_strategy: str = setting(
         "PACK",
         "How Ray places the workers: PACK fills a node first; SPREAD puts each on its own node where it can.",
@@ -278,6 +291,32 @@ class CheckpointConfig:
     """Checkpoints written by rank 0 and reported to Ray Train."""
 
     every_epochs: int = setting(1, "Save a checkpoint every N epochs (and always after the last).", min=1, max=10_000)
+    every_steps: int = setting(
+        0,
+        "Also save a mid-epoch checkpoint every N steps of an epoch (0: only at epoch ends); a resumed "
+        "run continues from that step.",
+        min=0,
+        max=10_000_000,
+    )
+    upload: str = setting(
+        "async",
+        "async: a save blocks training only for the local write and uploads in the background (Ray runs); "
+        "sync: training waits for the upload. The last checkpoint and a preemption's are always sync.",
+        choices=("async", "sync"),
+    )
+    preemption_check_steps: int = setting(
+        1,
+        "Every N steps, all workers ask Ray Train whether a node of theirs is being preempted.",
+        min=1,
+        max=100_000,
+    )
+    preemption_margin_seconds: float = setting(
+        10.0,
+        "On a preemption notice, keep training until this long (or 3 x the slowest save, if longer) "
+        "before the deadline, then save and wait for the restart.",
+        min=0.0,
+        max=3600.0,
+    )
     keep_best: int = setting(2, "Checkpoints kept by lowest val_loss (the latest is kept as well).", min=1, max=1000)
 
 

@@ -52,6 +52,7 @@ CHECKPOINT_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 #: smooth out a single slow batch, short enough to show a slowdown within a minute.
 WINDOW_STEPS = 50
 
+RESTART_CAUSES = ("failure", "preemption")
 RUN_STATES = ("running", "succeeded", "failed")
 
 #: Keras log key -> (metric name, help). Keys missing from an epoch's logs are skipped.
@@ -221,6 +222,23 @@ class WorkerTelemetry(_Exporter):
         self._ckpt_saves = counter("multilabel_checkpoint_saves", "Checkpoints saved successfully.")
         self._ckpt_failures = counter("multilabel_checkpoint_failures", "Checkpoint saves that failed.")
         self._s3_retries = counter("multilabel_s3_retries", "Object-storage requests retried by this worker.")
+        self._upload_seconds = histogram(
+            "multilabel_checkpoint_upload_seconds",
+            "Wall time of one checkpoint upload to the run folder (in the background when uploads are async).",
+            CHECKPOINT_SECONDS_BUCKETS,
+        )
+        self._upload_failures = counter(
+            "multilabel_checkpoint_upload_failures", "Checkpoint upload attempts that failed (each is retried)."
+        )
+        self._upload_queue = Gauge(
+            "multilabel_checkpoint_upload_queue",
+            "Checkpoint uploads handed over but not finished yet.",
+            labels,
+            registry=reg,
+        ).labels(*values)
+        self._world_size = Gauge(
+            "multilabel_world_size", "Workers in the current worker group.", labels, registry=reg
+        ).labels(*values)
 
         # Gauges are bound lazily (their first value is set before they are exported): a 0
         # throughput or loss before the first step or epoch would be a lie on the dashboard.
@@ -308,6 +326,24 @@ class WorkerTelemetry(_Exporter):
         if n > 0:
             self._s3_retries.inc(n)
 
+    def set_world_size(self, n: int) -> None:
+        """The number of workers in this worker's group."""
+        self._world_size.set(n)
+
+    def upload_started(self) -> None:
+        """A checkpoint upload was handed over (it may run in the background)."""
+        self._upload_queue.inc()
+
+    def upload_finished(self, seconds: float | None) -> None:
+        """A handed-over upload ended: ``seconds`` of wall time, or None when it failed for good."""
+        self._upload_queue.dec()
+        if seconds is not None:
+            self._upload_seconds.observe(max(float(seconds), 0.0))
+
+    def add_upload_failure(self) -> None:
+        """One upload attempt failed (and is retried, or fails the upload)."""
+        self._upload_failures.inc()
+
 
 class DriverTelemetry(_Exporter):
     """Metrics of the driver (one per run), labelled ``run``.
@@ -331,11 +367,16 @@ class DriverTelemetry(_Exporter):
         )
         for state in RUN_STATES:
             self._state.labels(run, state).set(0)
-        self._restarts = Counter(
+        restarts = Counter(
             "multilabel_worker_restarts",
-            "Times the worker group was restarted after a failure.",
-            ("run",),
+            "Times the worker group was restarted, by cause: failure (a worker or its node died) or "
+            "preemption (a node was drained with notice, e.g. a spot reclaim).",
+            ("run", "cause"),
             registry=reg,
+        )
+        self._restarts = {cause: restarts.labels(run, cause) for cause in RESTART_CAUSES}
+        self._preemptions = Counter(
+            "multilabel_preemptions", "Preemption notices the workers acted on.", ("run",), registry=reg
         ).labels(run)
         self._s3_retries = Counter(
             "multilabel_s3_retries", "Object-storage requests retried by the driver.", ("run",), registry=reg
@@ -351,10 +392,15 @@ class DriverTelemetry(_Exporter):
             self._state.labels(self.run, other).set(1 if other == state else 0)
         self.state = state
 
-    def add_worker_restarts(self, n: int) -> None:
-        """Add ``n`` restarts of the worker group (ignored if ``n <= 0``)."""
+    def add_worker_restarts(self, n: int, cause: str = "failure") -> None:
+        """Add ``n`` restarts of the worker group for `cause` (failure | preemption); ``n <= 0`` is ignored."""
         if n > 0:
-            self._restarts.inc(n)
+            self._restarts[cause].inc(n)
+
+    def add_preemptions(self, n: int) -> None:
+        """Add ``n`` preemption notices (ignored if ``n <= 0``)."""
+        if n > 0:
+            self._preemptions.inc(n)
 
     def add_s3_retries(self, n: int) -> None:
         """Add ``n`` retried object-storage requests (ignored if ``n <= 0``)."""

@@ -320,6 +320,32 @@ class KubeRayEmulator:
         for pod in workers:
             self._wait_ready(pod, timeout)
 
+    def add_worker(self, timeout: float = 300) -> Pod:
+        """One more pod of the first worker group, as the autoscaler or a replacement node
+        would bring; returns once it is ready."""
+        group = self.cluster["workerGroupSpecs"][0]
+        index = sum(1 for p in self.pods.values() if p.role == "worker")
+        pod = self._make_pod(f"w{index}", "worker", group["template"])
+        self._start_ray(pod, group)
+        self._wait_ready(pod, timeout)
+        return pod
+
+    def exec(self, pod: Pod, argv: list[str], timeout: float, what: str = "exec") -> tuple[int, str]:
+        """Run `argv` in the pod's Ray container with its env, as the kubelet runs an exec hook
+        or probe (`kubectl exec`); returns (exit code, output)."""
+        env = self.env(pod, pod.container, self.kuberay_env(pod.role))
+        log = self._log(pod, what)
+        argv = [pod.host_path(a) for a in argv]
+        code = self.net.run(pod.name, argv, env, log, pod.root, timeout, pod.binds)
+        return code, tail(log, 8000)
+
+    def kill_pod(self, pod: Pod) -> None:
+        """SIGKILL everything in the pod, as when its node is gone."""
+        self.net.kill_pod(pod.name)
+        process = self.processes.get(pod.name)
+        if process is not None:
+            process.wait(timeout=30)
+
     def submit(self, timeout: float) -> tuple[int, str]:
         """Run the submitter pod as KubeRay v1.6.2 builds it in K8sJobMode (common/job.go
         BuildJobSubmitCommand; rayjob_controller.go configureSubmitterContainer): `/bin/bash

@@ -21,6 +21,7 @@ import threading
 from job.cli import (
     analyze,
     demo,
+    drain,
     evaluate,
     export,
     predict,
@@ -43,6 +44,7 @@ COMMANDS = {
     "analyze": analyze,
     "export": export,
     "predict": predict,
+    "drain": drain,
 }
 
 

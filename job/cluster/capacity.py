@@ -19,6 +19,8 @@ from job.errors import UserError
 log = logging.getLogger(__name__)
 # Ray Data's read and decode tasks need at least this many CPUs beside the workers.
 DATA_CPUS_ON_A_CLUSTER = 1.0
+# Ray puts this resource on the head node only.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 
 def worker_resources(s: ScalingConfig) -> dict[str, float]:

@@ -25,7 +25,7 @@ from ray.train import (
 from ray.train.tensorflow import TensorflowTrainer
 
 from job import storage
-from job.cluster.capacity import wait_until_workers_fit, worker_resources
+from job.cluster.capacity import HEAD_NODE_RESOURCE, wait_until_workers_fit, worker_resources
 from job.cluster.datasets import ray_dataset
 from job.cluster.failures import describe_failure
 from job.cluster.worker import quiet_ray_data, worker_entry
@@ -57,6 +57,7 @@ def connect(cfg: Config) -> None:
     if os.environ.get("RAY_ADDRESS"):
         log.info("connecting to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
         ray.init(logging_level=logging_level, log_to_driver=True)
+        _warn_unless_on_head()
         wait_until_workers_fit(cfg.scaling, _alive_node_resources, _request_resources)
         return
     s = cfg.scaling
@@ -77,6 +78,19 @@ def connect(cfg: Config) -> None:
     )
 
 
+def _warn_unless_on_head() -> None:
+    """Ray Train's controller runs on the driver's node: a driver on a worker node (a spot node,
+    say) ends the run when that node goes, whatever max_failures allows."""
+    here = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == here and HEAD_NODE_RESOURCE not in node.get("Resources", {}):
+            log.warning(
+                "this driver runs on a worker node (%s), not the head: if that node is lost the run ends. "
+                "Submit with `ray job submit` (it runs the driver on the head), as the RayJob does.",
+                node.get("NodeManagerAddress"),
+            )
+
+
 def _alive_node_resources() -> list[dict[str, float]]:
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
@@ -92,29 +106,46 @@ def _request_resources(bundles: list[dict[str, float]]) -> None:
 
 
 class _RestartWatcher:
-    """Counts worker-group starts beyond the first while the trainer runs (for Prometheus)."""
+    """Counts worker-group starts beyond the first, and preemption notices, while the trainer
+    runs (for Prometheus).
+
+    A restart is put down to a preemption while there are more recorded notices than
+    restarts already put down to one; the others are failures.
+    """
 
     def __init__(self, run_uri: str, telemetry, interval_seconds: float = 5.0):
         self.store, self.telemetry, self.interval = RunStore(run_uri), telemetry, interval_seconds
-        self.baseline = self._attempts()
-        self.restarts = 0
+        self.baseline = self._count(self.store.count_attempts)
+        self.baseline_preemptions = self._count(self.store.count_preemptions)
+        self.restarts = self.preemption_restarts = self.preemptions = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="restart-watcher", daemon=True)
 
-    def _attempts(self) -> int:
+    @staticmethod
+    def _count(listing) -> int:
         try:
-            return self.store.count_attempts()
+            return listing()
         except Exception:  # a transient listing error must not disturb training
             return 0
 
     def poll(self) -> None:
+        preemptions = max(0, self._count(self.store.count_preemptions) - self.baseline_preemptions)
+        if preemptions > self.preemptions:
+            self.telemetry.add_preemptions(preemptions - self.preemptions)
+            self.preemptions = preemptions
         # The first new marker is this run's own start; every later one is a restart.
-        restarts = max(0, self._attempts() - self.baseline - 1)
+        restarts = max(0, self._count(self.store.count_attempts) - self.baseline - 1)
         if restarts > self.restarts:
-            self.telemetry.add_worker_restarts(restarts - self.restarts)
+            by_preemption = min(restarts, self.preemptions) - self.preemption_restarts
+            self.telemetry.add_worker_restarts(by_preemption, cause="preemption")
+            self.telemetry.add_worker_restarts(restarts - self.restarts - by_preemption, cause="failure")
+            self.preemption_restarts += by_preemption
             self.restarts = restarts
             log.warning(
-                "the worker group restarted (%d restart(s) so far); resuming from the latest checkpoint", restarts
+                "the worker group restarted (%d restart(s) so far, %d after a preemption); resuming from the "
+                "latest checkpoint",
+                restarts,
+                self.preemption_restarts,
             )
 
     def _run(self) -> None:
@@ -228,7 +259,11 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
             name=storage.basename(plan.run_uri),
             storage_path=runs_root,
             storage_filesystem=fs,
-            failure_config=FailureConfig(max_failures=s.max_failures),
+            failure_config=FailureConfig(
+                max_failures=s.max_failures,
+                max_preemption_failures=s.max_preemption_failures,
+                preemption_grace_s=s.preemption_grace_seconds,
+            ),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.checkpoint.keep_best,
                 checkpoint_score_attribute="val_loss",

@@ -8,15 +8,17 @@ tf.data, and call `training.loop.train_worker` with a reporter that hands metric
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import ray.train
+import ray.train.collective
 from ray.data import DataContext
 
 from job.config import config_from_dict
 from job.console import is_verbose, setup_worker_logging
 from job.storage import scratch
-from job.storage.run_store import RunStore, checkpoint_dir_name
+from job.storage.run_store import RunStore
 from job.telemetry import WorkerTelemetry, worker_port
 from job.training import checkpoints
 
@@ -35,14 +37,70 @@ def quiet_ray_data() -> None:
         ctx.print_on_execution_start = False
 
 
-class RayReporter:
-    """Sends per-epoch metrics (every rank) and rank 0's checkpoint folder to Ray Train."""
+# A failed checkpoint upload is retried this many times (with backoff) before it fails the
+# worker group, which then restarts from the previous checkpoint (counted in max_failures).
+UPLOAD_ATTEMPTS = 3
 
-    def report(self, metrics: dict, checkpoint_dir: str | None, epoch: int) -> None:
+
+class RayReporter:
+    """Sends metrics (every rank) and rank 0's checkpoint folder to Ray Train.
+
+    An async report returns once Ray Train has the folder: the manifest (a sha256 of every
+    file) and the upload run on Ray Train's upload thread, so a save blocks training only for
+    the local write. Ray Train deletes the local folder after the upload.
+    """
+
+    def __init__(self, telemetry: WorkerTelemetry):
+        self.telemetry = telemetry
+        self.storage = ray.train.get_context().get_storage()
+
+    def report(self, metrics: dict, checkpoint_dir: str | None, name: str, sync: bool) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch))
-        if checkpoint_dir:
-            checkpoints.remove_local(checkpoint_dir)
+        if checkpoint is not None:
+            self.telemetry.upload_started()
+        mode = ray.train.CheckpointUploadMode.SYNC if sync else ray.train.CheckpointUploadMode.ASYNC
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=name,
+            checkpoint_upload_mode=mode,
+            delete_local_checkpoint_after_upload=True,
+            checkpoint_upload_fn=self._upload,
+        )
+
+    def _upload(self, checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
+        start = time.perf_counter()
+        try:
+            checkpoints.write_manifest(checkpoint.path)
+            for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+                try:
+                    persisted = self.storage.persist_current_checkpoint(checkpoint, name)
+                    break
+                except Exception as exc:
+                    self.telemetry.add_upload_failure()
+                    if attempt == UPLOAD_ATTEMPTS:
+                        log.error("checkpoint %s could not be uploaded after %d attempts: %s", name, attempt, exc)
+                        raise
+                    log.warning("checkpoint %s upload failed (attempt %d): %s; retrying", name, attempt, exc)
+                    time.sleep(2.0 * attempt)
+        except BaseException:
+            self.telemetry.upload_finished(None)
+            raise
+        self.telemetry.upload_finished(time.perf_counter() - start)
+        return persisted
+
+
+class RayPreemptionNotices:
+    """Ray Train's preemption notices, as `training.callbacks.PreemptionNotices`."""
+
+    def poll(self) -> float | None:
+        info = ray.train.get_preemption_info()
+        if info is None:
+            return None
+        return info.deadline_ms / 1000.0 if info.deadline_ms else float("inf")
+
+    def agree(self, decision: bool) -> bool:
+        return bool(ray.train.collective.broadcast_from_rank_zero(decision))
 
 
 def worker_entry(config: dict[str, Any]) -> None:
@@ -83,6 +141,18 @@ def worker_entry(config: dict[str, Any]) -> None:
         enabled=cfg.telemetry.enabled,
         bind_address=cfg.telemetry.bind_address,
     )
+    telemetry.set_world_size(info.world_size)
+
+    def record_notice(deadline: float, position: tuple[int, int]) -> None:
+        if info.rank == 0:
+            seconds = None if deadline == float("inf") else round(deadline - time.time(), 1)
+            log.warning(
+                "preemption notice: a node of this worker group is being taken away (deadline in %s s)", seconds
+            )
+            RunStore(plan.run_uri).record_preemption(
+                {"time": time.time(), "deadline_in_seconds": seconds, "epoch": position[0], "step": position[1]}
+            )
+
     try:
         loop.train_worker(
             cfg,
@@ -90,9 +160,11 @@ def worker_entry(config: dict[str, Any]) -> None:
             info,
             from_shard("train"),
             from_shard("val"),
-            RayReporter(),
+            RayReporter(telemetry),
             telemetry,
             release_inputs=release_inputs,
+            notices=RayPreemptionNotices(),
+            on_preemption_notice=record_notice,
         )
     finally:
         telemetry.close()

@@ -21,10 +21,11 @@ class LocalReporter:
     def __init__(self, run_uri: str, keep_best: int):
         self.run_uri, self.keep_best = run_uri, keep_best
 
-    def report(self, metrics: dict, checkpoint_dir: str | None, epoch: int) -> None:
+    def report(self, metrics: dict, checkpoint_dir: str | None, name: str, sync: bool) -> None:
         if checkpoint_dir is None:
             return
-        checkpoints.publish(checkpoint_dir, RunStore(self.run_uri).checkpoint_uri(epoch))
+        checkpoints.write_manifest(checkpoint_dir)
+        checkpoints.publish(checkpoint_dir, RunStore(self.run_uri).path(name))
         checkpoints.remove_local(checkpoint_dir)
         checkpoints.prune(self.run_uri, self.keep_best)
 

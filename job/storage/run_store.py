@@ -9,8 +9,12 @@ A run is the folder given as `train --output` (a local path or `s3://bucket/runs
     report.md, per_label.csv    the evaluation report
     predictions.png, per_label.png, cooccurrence.png, history.png
     checkpoint_epoch-NNNNNN/    one folder per saved epoch (layout: training/checkpoints.py)
+    checkpoint_epoch-NNNNNN-step-SSSSSSSS/
+                                a mid-epoch checkpoint: NNNNNN epochs and SSSSSSSS steps of the
+                                next one done (checkpoint.every_steps, or a preemption notice)
     tensorboard/                TensorBoard event files of rank 0
     attempts/                   one empty marker per worker-group start (restart counting)
+    preemptions/                one record per preemption notice the workers acted on
     lease.json                  the run lease while a driver runs (storage/lease.py)
 
 Everything else in the product asks this module for a name or a file; nobody joins these
@@ -45,20 +49,27 @@ PER_LABEL_CSV_FILE = "per_label.csv"
 PLOT_FILES = ("predictions.png", "per_label.png", "cooccurrence.png", "history.png")
 TENSORBOARD_DIR = "tensorboard"
 ATTEMPTS_DIR = "attempts"
+PREEMPTIONS_DIR = "preemptions"
 LEASE_FILE = "lease.json"
 CHECKPOINT_PREFIX = "checkpoint_epoch-"
-_CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+_CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)(?:-step-(\d+))?$")
 
 
-def checkpoint_dir_name(epoch: int) -> str:
-    """Folder name of the checkpoint taken after `epoch` (1-based)."""
-    return f"{CHECKPOINT_PREFIX}{epoch:06d}"
+def checkpoint_dir_name(epoch: int, step: int = 0) -> str:
+    """Folder name of the checkpoint taken after `epoch` whole epochs and `step` steps of the next.
+
+    Epoch-end checkpoints (step 0) keep their short name; names sort like their positions.
+    """
+    name = f"{CHECKPOINT_PREFIX}{epoch:06d}"
+    return f"{name}-step-{step:08d}" if step else name
 
 
-def checkpoint_epoch(dir_name: str) -> int | None:
-    """The epoch of a checkpoint folder name, or None when the name is not a checkpoint's."""
+def checkpoint_position(dir_name: str) -> tuple[int, int] | None:
+    """(epochs done, steps into the next epoch) of a checkpoint folder name; None for other names."""
     match = _CHECKPOINT_NAME.match(dir_name)
-    return int(match.group(1)) if match else None
+    if not match:
+        return None
+    return int(match.group(1)), int(match.group(2) or 0)
 
 
 @dataclass(frozen=True)
@@ -152,8 +163,8 @@ class RunStore:
     def tensorboard_uri(self) -> str:
         return self.path(TENSORBOARD_DIR)
 
-    def checkpoint_uri(self, epoch: int) -> str:
-        return self.path(checkpoint_dir_name(epoch))
+    def checkpoint_uri(self, epoch: int, step: int = 0) -> str:
+        return self.path(checkpoint_dir_name(epoch, step))
 
     def record_attempt(self) -> None:
         """Leave one marker per worker-group start, so the driver can count restarts."""
@@ -162,3 +173,11 @@ class RunStore:
     def count_attempts(self) -> int:
         """Worker-group starts recorded so far."""
         return len(list_files(self.path(ATTEMPTS_DIR)))
+
+    def record_preemption(self, record: dict[str, Any]) -> None:
+        """Keep one record per preemption notice acted on (the driver counts them)."""
+        write_json(join(self.path(PREEMPTIONS_DIR), f"{uuid.uuid4().hex}.json"), record)
+
+    def count_preemptions(self) -> int:
+        """Preemption notices recorded so far."""
+        return len(list_files(self.path(PREEMPTIONS_DIR)))

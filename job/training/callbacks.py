@@ -24,7 +24,7 @@ from job import storage
 from job.config import Config, config_to_dict
 from job.data.pipeline import InputClock
 from job.storage import scratch
-from job.storage.run_store import RunStore
+from job.storage.run_store import RunStore, checkpoint_dir_name
 from job.training import checkpoints
 from job.training.schedules import current_learning_rate
 from job.training.transfer import UnfreezeBackbone, backbone_of
@@ -39,9 +39,50 @@ FAULT_KILL_ENV = "JOB_FAULT_KILL"
 
 
 class Reporter(Protocol):
-    """Where a worker sends its per-epoch metrics and (rank 0) its checkpoint folder."""
+    """Where a worker sends its metrics and (rank 0) its checkpoint folder.
 
-    def report(self, metrics: dict, checkpoint_dir: str | None, epoch: int) -> None: ...
+    Every rank calls `report` at the same points (Ray Train's report is a barrier). The
+    reporter writes the checkpoint's manifest before publishing it; `sync=False` allows the
+    upload to run in the background, after `report` returns.
+    """
+
+    def report(self, metrics: dict, checkpoint_dir: str | None, name: str, sync: bool) -> None: ...
+
+
+class PreemptionNotices(Protocol):
+    """How a worker learns that a node of its group is about to be taken away.
+
+    Both methods are collectives: every rank calls them equally often, in the same order.
+    """
+
+    def poll(self) -> float | None:
+        """The deadline (Unix seconds; inf when the notice has none) of a pending preemption, else None."""
+        ...
+
+    def agree(self, decision: bool) -> bool:
+        """Rank 0's `decision`, on every rank."""
+        ...
+
+
+class TrainingPosition(tf_keras.callbacks.Callback):
+    """Where training is: whole epochs done, and steps done of the current epoch.
+
+    A run resumed from a mid-epoch checkpoint first fits the rest of that epoch, whose
+    batches Keras numbers from 0: `offset` is the steps the checkpoint had already done.
+    """
+
+    def __init__(self, epoch: int = 0, step: int = 0):
+        super().__init__()
+        self.epoch, self.step, self._offset = epoch, step, step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.step = epoch, self._offset
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step = self._offset + batch + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch, self.step, self._offset = epoch + 1, 0, 0
 
 
 class ResumableMixin:
@@ -62,6 +103,12 @@ class ResumableMixin:
         for key in self.STATE_KEYS:
             if key in self._resume:
                 setattr(self, key, self._resume[key])
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        # A resumed run fits twice (the rest of the interrupted epoch, then the others):
+        # the second fit's on_train_begin must start from here, not from the checkpoint.
+        self._resume = self.snapshot()
 
     def snapshot(self) -> dict:
         return {key: _plain(getattr(self, key)) for key in self.STATE_KEYS}
@@ -120,18 +167,16 @@ class FaultInjection(tf_keras.callbacks.Callback):
     restarted worker group does not die again.
     """
 
-    def __init__(self, rank: int, spec: str):
+    def __init__(self, rank: int, spec: str, position: TrainingPosition):
         super().__init__()
         rank_s, epoch_s, step_s, self.marker = spec.split(":", 3)
         self.active = int(rank_s) == rank
         self.epoch, self.step = int(epoch_s), int(step_s)
-        self._current_epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._current_epoch = epoch + 1
+        self.position = position
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.active and self._current_epoch == self.epoch and batch == self.step and not os.path.exists(self.marker):
+        at = (self.position.epoch + 1, self.position.step)
+        if self.active and at == (self.epoch, self.step) and not os.path.exists(self.marker):
             with open(self.marker, "w") as fh:
                 fh.write(f"killed at epoch {self.epoch} step {self.step}\n")
             log.warning(
@@ -141,7 +186,8 @@ class FaultInjection(tf_keras.callbacks.Callback):
 
 
 class CheckpointAndReport(tf_keras.callbacks.Callback):
-    """At the end of each epoch: checkpoint (every rank saves, rank 0 keeps), report, log.
+    """Checkpoints (every rank saves, rank 0 keeps) and reports: at epoch ends, and mid-epoch
+    when `save_mid_epoch` is called (step interval, preemption notice).
 
     It must come after ReduceLR and EarlyStopping in the callback list, so the state it
     saves includes their decisions for this epoch.
@@ -154,6 +200,7 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
         info,
         reporter: Reporter,
         telemetry: WorkerTelemetry,
+        position: TrainingPosition,
         reduce_lr: ResumableReduceLR | None,
         early_stop: ResumableEarlyStopping | None,
         history: list[dict],
@@ -163,8 +210,10 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
         super().__init__()
         self.unfreeze = unfreeze
         self.cfg, self.plan, self.info, self.reporter, self.telemetry = cfg, plan, info, reporter, telemetry
+        self.position = position
         self.reduce_lr, self.early_stop = reduce_lr, early_stop
         self.history, self.best = history, best
+        self.slowest_save_seconds = 0.0
         self._epoch_start = time.perf_counter()
         self._s3_retries = storage.retry_count()
 
@@ -193,15 +242,38 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
 
         last = done >= self.cfg.training.epochs or bool(self.model.stop_training)
         save = last or done % self.cfg.checkpoint.every_epochs == 0
-        ckpt_dir = self._save(done, row, next_lr) if save else None
+        ckpt_dir = self._save(done, 0, val_loss=row.get("val_loss"), learning_rate=next_lr) if save else None
         metrics = {k: v for k, v in row.items() if isinstance(v, float) and not math.isnan(v)} | {"epoch": done}
-        self.reporter.report(metrics, ckpt_dir if self.info.rank == 0 else None, done)
-        if ckpt_dir and self.info.rank != 0:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        # The last checkpoint is the run's result: the driver reads it as soon as fit() returns.
+        self._report(metrics, ckpt_dir, done, 0, sync=last or self.cfg.checkpoint.upload == "sync")
         if self.info.rank == 0:
             self._log_line(done, row, seconds)
 
-    def _save(self, epoch: int, row: dict, next_lr: float) -> str:
+    def save_mid_epoch(self, sync: bool) -> tuple[int, int]:
+        """Checkpoint and report the current step (every rank calls it at the same step).
+
+        Returns the (epochs done, steps of the next epoch done) the checkpoint holds.
+        """
+        epoch, step = self.position.epoch, self.position.step
+        lr = current_learning_rate(self.model.optimizer)
+        ckpt_dir = self._save(epoch, step, val_loss=None, learning_rate=lr)
+        # No validation mid-epoch: an infinite val_loss ranks the checkpoint last among those
+        # Ray Train keeps by val_loss, so it lives only while it is the latest.
+        metrics = {"epoch": epoch, "step_in_epoch": step, "val_loss": float("inf")}
+        self._report(metrics, ckpt_dir, epoch, step, sync=sync or self.cfg.checkpoint.upload == "sync")
+        if self.info.rank == 0:
+            log.info("checkpoint at epoch %d step %d/%d", epoch + 1, step, self.plan.steps_per_epoch)
+        return epoch, step
+
+    def _report(self, metrics: dict, ckpt_dir: str | None, epoch: int, step: int, sync: bool) -> None:
+        self.reporter.report(
+            metrics, ckpt_dir if self.info.rank == 0 else None, checkpoint_dir_name(epoch, step), sync=sync
+        )
+        if ckpt_dir and self.info.rank != 0:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    def _save(self, epoch: int, step: int, val_loss: float | None, learning_rate: float) -> str:
+        """Write this rank's checkpoint to a local folder (the manifest is the reporter's job)."""
         start = time.perf_counter()
         local = scratch.make_dir(f"ckpt-r{self.info.rank}-")
         try:
@@ -211,8 +283,9 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
             if self.info.rank == 0:
                 state = {
                     "epoch": epoch,
-                    "val_loss": row.get("val_loss"),
-                    "learning_rate": next_lr,  # what the next epoch uses, after ReduceLR
+                    "step_in_epoch": step,
+                    "val_loss": val_loss,
+                    "learning_rate": learning_rate,  # what the next step uses, after ReduceLR
                     "best": dict(self.best),
                     "reduce_lr": self.reduce_lr.snapshot() if self.reduce_lr else None,
                     "early_stopping": self.early_stop.snapshot() if self.early_stop else None,
@@ -223,8 +296,9 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
                 }
                 with open(os.path.join(local, checkpoints.STATE), "w") as fh:
                     json.dump(state, fh, indent=2, default=float)
-                checkpoints.write_manifest(local)
-            self.telemetry.record_checkpoint(time.perf_counter() - start, ok=True)
+            seconds = time.perf_counter() - start
+            self.slowest_save_seconds = max(self.slowest_save_seconds, seconds)
+            self.telemetry.record_checkpoint(seconds, ok=True)
             return local
         except Exception:
             self.telemetry.record_checkpoint(time.perf_counter() - start, ok=False)
@@ -242,6 +316,96 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
         parts.append(f"{images / max(seconds, 1e-9):.0f} img/s")
         parts.append(f"eta {time.strftime('%H:%M:%S', time.gmtime(eta))}")
         log.info("  ".join(parts))
+
+
+class StepCheckpoints(tf_keras.callbacks.Callback):
+    """A mid-epoch checkpoint every `every_steps` steps of an epoch (not at its end: the
+    epoch-end checkpoint follows there)."""
+
+    def __init__(self, checkpoint: CheckpointAndReport, position: TrainingPosition, every_steps: int, steps: int):
+        super().__init__()
+        self.checkpoint, self.position, self.every_steps, self.steps = checkpoint, position, every_steps, steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.position.step
+        if step % self.every_steps == 0 and step < self.steps:
+            self.checkpoint.save_mid_epoch(sync=False)
+
+
+class PreemptionGuard(tf_keras.callbacks.Callback):
+    """Turns a preemption notice into a just-in-time checkpoint, then waits to be restarted.
+
+    Every `check_steps` steps all ranks ask `notices.poll()`. Once a notice is out, they keep
+    training while the deadline is far, and save when rank 0 judges it near: `margin_seconds`,
+    or 3 x the slowest save so far if that is longer, plus one check interval of steps. After the
+    save the workers train no further (a step after it would be lost) and wait for Ray Train
+    to restart the group on the remaining nodes, which it does at the deadline. If no restart
+    comes by the deadline + `hold_seconds`, the notice is treated as withdrawn and training
+    goes on.
+    """
+
+    HOLD_SECONDS = 120.0
+
+    def __init__(
+        self,
+        notices: PreemptionNotices,
+        checkpoint: CheckpointAndReport,
+        position: TrainingPosition,
+        steps: int,
+        check_steps: int,
+        margin_seconds: float,
+        on_notice: Callable[[float, tuple[int, int]], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        super().__init__()
+        self.notices, self.checkpoint, self.position = notices, checkpoint, position
+        self.steps, self.check_steps, self.margin_seconds = steps, check_steps, margin_seconds
+        self.on_notice, self.sleep = on_notice, sleep
+        self._calls = 0
+        self._last_check = time.monotonic()
+        self._check_interval = 0.0
+        self._handled_deadline: float | None = None
+        self.saved_at: tuple[int, int] | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        # The epoch's last step is followed by its epoch-end checkpoint; a mid-epoch one at
+        # the same step could not be resumed (no steps would be left to fit).
+        if self.position.step >= self.steps:
+            return
+        self._calls += 1
+        if self._calls % self.check_steps:
+            return
+        now = time.monotonic()
+        self._check_interval, self._last_check = now - self._last_check, now
+        deadline = self.notices.poll()
+        if deadline is None or deadline == self._handled_deadline:
+            return
+        if self.saved_at is None and self._handled_deadline is None and self.on_notice is not None:
+            self.on_notice(deadline, (self.position.epoch, self.position.step))
+            self.on_notice = None
+        if not self.notices.agree(self._time_to_save(deadline)):
+            return
+        self.saved_at = self.checkpoint.save_mid_epoch(sync=True)
+        log.warning(
+            "preemption: checkpoint at epoch %d step %d saved %s before the deadline; waiting for the restart",
+            self.saved_at[0] + 1,
+            self.saved_at[1],
+            "unknown" if math.isinf(deadline) else f"{deadline - time.time():.1f} s",
+        )
+        self._hold(deadline)
+
+    def _time_to_save(self, deadline: float) -> bool:
+        margin = max(self.margin_seconds, 3 * self.checkpoint.slowest_save_seconds) + self._check_interval
+        return time.time() >= deadline - margin
+
+    def _hold(self, deadline: float) -> None:
+        end = (time.time() if math.isinf(deadline) else deadline) + self.HOLD_SECONDS
+        while time.time() < end:
+            self.sleep(min(1.0, max(0.0, end - time.time())))
+        log.warning("preemption: no restart came %.0f s after the deadline; training on", self.HOLD_SECONDS)
+        self._handled_deadline = deadline
+        self.saved_at = None
+        self._last_check = time.monotonic()
 
 
 class TensorBoardSync(tf_keras.callbacks.Callback):
@@ -267,33 +431,39 @@ def build_callbacks(
     reporter: Reporter,
     telemetry: WorkerTelemetry,
     clock: InputClock,
+    position: TrainingPosition,
     history: list[dict],
     best: dict,
-    release_inputs: Callable[[], None] | None,
+    notices: PreemptionNotices | None = None,
+    on_preemption_notice: Callable[[float, tuple[int, int]], None] | None = None,
 ) -> list[tf_keras.callbacks.Callback]:
     """The worker's callbacks, in the order Keras must call them.
 
     Args:
         state: the restored checkpoint's state.json ({} for a fresh run).
+        position: where training is (shared with the caller, which created it at the resume point).
         history, best: filled in epoch by epoch (shared with the caller).
+        notices: preemption notices (Ray runs); None where nothing can be preempted.
+        on_preemption_notice: called once, on the first notice, with (deadline, position).
     """
     tcfg = cfg.training
-    callbacks: list[tf_keras.callbacks.Callback] = []
-    # 0. The transfer recipe's unfreeze, at an epoch's start, before anything of that epoch runs.
+    # 0. The position first: every callback after it reads this step's position.
+    callbacks: list[tf_keras.callbacks.Callback] = [position]
+    # 1. The transfer recipe's unfreeze, at an epoch's start, before anything of that epoch runs.
     unfreeze = None
     if cfg.transfer.frozen_epochs:
         unfreeze = UnfreezeBackbone(cfg.transfer, bool(state.get("backbone_unfrozen")), info.rank)
         callbacks.append(unfreeze)
-    # 1. LearningRateLog first: it records the rate this epoch used, before ReduceLR changes it.
+    # 2. LearningRateLog first: it records the rate this epoch used, before ReduceLR changes it.
     callbacks.append(LearningRateLog())
-    # 2. Step timing and input wait for Prometheus; independent of the rest.
+    # 3. Step timing and input wait for Prometheus; independent of the rest.
     callbacks.append(StepTelemetry(telemetry, clock, plan.batch_size_per_worker))
-    # 3. A drill's kill happens at a step boundary, before any epoch-end work.
+    # 4. A drill's kill happens at a step boundary, before any epoch-end work.
     if os.environ.get(FAULT_KILL_ENV):
-        callbacks.append(FaultInjection(info.rank, os.environ[FAULT_KILL_ENV]))
+        callbacks.append(FaultInjection(info.rank, os.environ[FAULT_KILL_ENV], position))
     if tcfg.terminate_on_nan:
         callbacks.append(tf_keras.callbacks.TerminateOnNaN())
-    # 4. ReduceLR and EarlyStopping decide on this epoch's val_loss ...
+    # 5. ReduceLR and EarlyStopping decide on this epoch's val_loss ...
     reduce_lr = early_stop = None
     if tcfg.schedule == "plateau" and tcfg.reduce_lr_patience_epochs:
         reduce_lr = ResumableReduceLR(
@@ -310,16 +480,30 @@ def build_callbacks(
             state.get("early_stopping"), monitor="val_loss", patience=tcfg.early_stopping_patience_epochs, verbose=0
         )
         callbacks.append(early_stop)
-    # 5. TensorBoard after LearningRateLog, so the logs it writes include the learning rate.
+    # 6. TensorBoard after LearningRateLog, so the logs it writes include the learning rate.
     if tcfg.tensorboard and info.rank == 0:
         tb_dir = scratch.make_dir("tensorboard-")
         callbacks.append(tf_keras.callbacks.TensorBoard(tb_dir, write_graph=False, profile_batch=0))
         callbacks.append(TensorBoardSync(tb_dir, RunStore(plan.run_uri).tensorboard_uri))
-    # 6. ... and the checkpoint comes after them, so the state it saves includes their decisions.
-    callbacks.append(
-        CheckpointAndReport(cfg, plan, info, reporter, telemetry, reduce_lr, early_stop, history, best, unfreeze)
+    # 7. ... and the checkpoint comes after them, so the state it saves includes their decisions.
+    checkpoint = CheckpointAndReport(
+        cfg, plan, info, reporter, telemetry, position, reduce_lr, early_stop, history, best, unfreeze
     )
-    # 7. Last: stop the input sources once no rank will read them again.
-    if release_inputs is not None:
-        callbacks.append(tf_keras.callbacks.LambdaCallback(on_train_end=lambda logs: release_inputs()))
+    callbacks.append(checkpoint)
+    # 8. Mid-epoch saves after the step's other work; the preemption guard last, since it may
+    # wait there for the end of this worker.
+    if cfg.checkpoint.every_steps:
+        callbacks.append(StepCheckpoints(checkpoint, position, cfg.checkpoint.every_steps, plan.steps_per_epoch))
+    if notices is not None:
+        callbacks.append(
+            PreemptionGuard(
+                notices,
+                checkpoint,
+                position,
+                plan.steps_per_epoch,
+                cfg.checkpoint.preemption_check_steps,
+                cfg.checkpoint.preemption_margin_seconds,
+                on_notice=on_preemption_notice,
+            )
+        )
     return callbacks

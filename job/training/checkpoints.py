@@ -1,8 +1,8 @@
 """Checkpoint layout, integrity manifest, restore-latest-good, retention.
 
-A checkpoint is a folder RUN/checkpoint_epoch-NNNNNN/ holding:
+A checkpoint is a folder RUN/checkpoint_epoch-NNNNNN[-step-SSSSSSSS]/ holding:
     model.ckpt.index, model.ckpt.data-*   weights + optimizer state (tf.train.Checkpoint)
-    state.json                            epoch, val_loss, callback state, history so far
+    state.json                            epoch, step_in_epoch, val_loss, callback state, history so far
     manifest.json                         size and sha256 of every other file
 A folder whose manifest is missing or does not match its files is not a checkpoint: restore
 skips it, says which file failed, and falls back to the previous one.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from job import storage
 from job.storage import scratch
-from job.storage.run_store import checkpoint_dir_name, checkpoint_epoch
+from job.storage.run_store import checkpoint_dir_name, checkpoint_position
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,13 @@ class RestoredCheckpoint:
 
     @property
     def epoch(self) -> int:
+        """Whole epochs done."""
         return int(self.state["epoch"])
+
+    @property
+    def step_in_epoch(self) -> int:
+        """Steps of epoch `epoch + 1` done (0 for an epoch-end checkpoint)."""
+        return int(self.state.get("step_in_epoch", 0))
 
 
 def write_manifest(local_dir: str) -> dict:
@@ -79,15 +85,15 @@ def verify(local_dir: str) -> list[str]:
     return problems
 
 
-def list_checkpoints(run_uri: str) -> list[tuple[int, str]]:
-    """(epoch, uri) of every checkpoint folder under the run, newest first."""
-    found: dict[int, str] = {}
+def list_checkpoints(run_uri: str) -> list[tuple[tuple[int, int], str]]:
+    """((epoch, step in the next epoch), uri) of every checkpoint folder under the run, newest first."""
+    found: dict[tuple[int, int], str] = {}
     for uri in storage.list_files(run_uri):
         rel = uri[len(run_uri.rstrip("/")) + 1 :]
         top = rel.split("/", 1)[0]
-        epoch = checkpoint_epoch(top)
-        if epoch is not None and "/" in rel:
-            found[epoch] = storage.join(run_uri, top)
+        position = checkpoint_position(top)
+        if position is not None and "/" in rel:
+            found[position] = storage.join(run_uri, top)
     return sorted(found.items(), reverse=True)
 
 
@@ -109,18 +115,23 @@ def fetch(uri: str, local_dir: str) -> RestoredCheckpoint | None:
 def restore_latest(run_uri: str, work_dir: str | None = None) -> RestoredCheckpoint | None:
     """The newest intact checkpoint of a run, copied to a local folder; None if there is none."""
     work_dir = work_dir or scratch.make_dir("restore-")
-    for epoch, uri in list_checkpoints(run_uri):
-        restored = fetch(uri, os.path.join(work_dir, checkpoint_dir_name(epoch)))
+    for position, uri in list_checkpoints(run_uri):
+        restored = fetch(uri, os.path.join(work_dir, checkpoint_dir_name(*position)))
         if restored is not None:
             return restored
     return None
 
 
 def restore_best(run_uri: str, work_dir: str | None = None) -> RestoredCheckpoint | None:
-    """The intact checkpoint with the lowest val_loss (newest wins ties); None if there is none."""
+    """The intact epoch-end checkpoint with the lowest val_loss (newest wins ties); None if there is none.
+
+    Mid-epoch checkpoints have no validation and are never the best.
+    """
     work_dir = work_dir or scratch.make_dir("best-")
     candidates = []
-    for epoch, uri in list_checkpoints(run_uri):
+    for (epoch, step), uri in list_checkpoints(run_uri):
+        if step:
+            continue
         try:
             state = storage.read_json(storage.join(uri, STATE))
             candidates.append((float(state.get("val_loss", float("inf"))), -epoch, uri))
@@ -150,13 +161,14 @@ def prune(run_uri: str, keep_best: int) -> list[str]:
     if len(ckpts) <= keep_best + 1:
         return []
     scored = []
-    for epoch, uri in ckpts:
+    for (epoch, step), uri in ckpts:
         try:
-            loss = float(storage.read_json(storage.join(uri, STATE)).get("val_loss", float("inf")))
+            # A mid-epoch checkpoint (no val_loss) ranks last: it only matters while it is the latest.
+            loss = float(storage.read_json(storage.join(uri, STATE)).get("val_loss") or float("inf"))
         except Exception:
             loss = float("inf")
-        scored.append((loss, -epoch, uri))
-    keep = {uri for _, _, uri in sorted(scored)[:keep_best]} | {ckpts[0][1]}
+        scored.append((loss, -epoch, -step, uri))
+    keep = {uri for *_, uri in sorted(scored)[:keep_best]} | {ckpts[0][1]}
     deleted = [uri for _, uri in ckpts if uri not in keep]
     for uri in deleted:
         storage.delete(uri)

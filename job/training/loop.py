@@ -15,6 +15,7 @@ Distributed invariants this module keeps:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -27,9 +28,10 @@ import tf_keras
 from job import storage
 from job.config import Config
 from job.data.pipeline import InputClock, make_pipeline
+from job.errors import UserError
 from job.storage import scratch
 from job.training import checkpoints, transfer
-from job.training.callbacks import Reporter, build_callbacks
+from job.training.callbacks import PreemptionNotices, Reporter, TrainingPosition, build_callbacks
 from job.training.losses import loss_for
 from job.training.model import build_model, compile_model, set_precision_policy
 from job.training.schedules import has_schedule, learning_rate_for
@@ -80,6 +82,8 @@ def train_worker(
     reporter: Reporter,
     telemetry: WorkerTelemetry,
     release_inputs: Callable[[], None] | None = None,
+    notices: PreemptionNotices | None = None,
+    on_preemption_notice: Callable[[float, tuple[int, int]], None] | None = None,
 ) -> list[dict]:
     """Train (or resume) one worker's part of a run.
 
@@ -89,10 +93,12 @@ def train_worker(
         info: this worker's rank and group size.
         train_examples / val_examples: factories of (image bytes, labels) datasets; train is
             this worker's shard, val is the whole split.
-        reporter: receives per-epoch metrics and rank 0's checkpoint folders.
+        reporter: receives metrics and rank 0's checkpoint folders.
         telemetry: Prometheus metrics of this worker.
         release_inputs: called once training ends (last epoch, early stop or error), before
             Keras drops its iterators; lets sources stop reads no rank will consume.
+        notices: preemption notices (Ray runs); None where nothing can be preempted.
+        on_preemption_notice: called once on the first notice, with (deadline, position).
     Returns:
         The run's history (one dict per epoch, including epochs before a resume).
     """
@@ -101,12 +107,20 @@ def train_worker(
     strategy = make_strategy(info.world_size)
     restored = checkpoints.restore_latest(plan.run_uri)
     state = restored.state if restored else {}
-    start_epoch = int(state.get("epoch", 0))
+    start_epoch = restored.epoch if restored else 0
+    start_step = restored.step_in_epoch if restored else 0
+    if start_step >= plan.steps_per_epoch:
+        raise UserError(
+            f"The latest checkpoint {restored.uri} is at step {start_step} of an epoch, but this run has "
+            f"{plan.steps_per_epoch} steps per epoch: the data set, batch size or worker count changed. "
+            "Resume with the same settings, or train into a new --output."
+        )
     if restored and info.rank == 0:
         log.info(
-            "resuming from %s (epoch %d done, best val_loss %s)",
+            "resuming from %s (epoch %d done%s, best val_loss %s)",
             restored.uri,
             start_epoch,
+            f" and {start_step} steps of the next" if start_step else "",
             state.get("best", {}).get("val_loss"),
         )
     if start_epoch >= cfg.training.epochs:
@@ -116,6 +130,8 @@ def train_worker(
 
     model = build_or_restore_model(cfg, len(plan.class_names), strategy, restored, plan.steps_per_epoch)
     clock = InputClock()
+    # A resumed run draws a fresh order: the seed moves with the position (see docs/operations.md,
+    # "Spot and preemption", for what this means for the examples of an interrupted epoch).
     train_ds, val_ds = make_datasets(
         cfg,
         plan,
@@ -124,10 +140,11 @@ def train_worker(
         clock,
         train_examples,
         val_examples,
-        seed=cfg.training.seed + 1000 * info.rank + start_epoch,
+        seed=cfg.training.seed + 1000 * info.rank + start_epoch + 7919 * start_step,
     )
     history: list[dict] = list(state.get("history", []))
     best = dict(state.get("best", {}))
+    position = TrainingPosition(start_epoch, start_step)
     callbacks = build_callbacks(
         cfg,
         plan,
@@ -136,21 +153,37 @@ def train_worker(
         reporter=reporter,
         telemetry=telemetry,
         clock=clock,
+        position=position,
         history=history,
         best=best,
-        release_inputs=release_inputs,
+        notices=notices,
+        on_preemption_notice=on_preemption_notice,
+    )
+    fit = functools.partial(
+        model.fit, train_ds, validation_data=val_ds, validation_steps=plan.validation_steps, verbose=0
     )
     try:
-        model.fit(
-            train_ds,
-            epochs=cfg.training.epochs,
-            initial_epoch=start_epoch,
-            steps_per_epoch=plan.steps_per_epoch,
-            validation_data=val_ds,
-            validation_steps=plan.validation_steps,
-            callbacks=callbacks,
-            verbose=0,
-        )
+        if start_step:
+            # The rest of the interrupted epoch: Keras cannot start an epoch at a step, so this
+            # epoch is a fit of its own with the steps that were left.
+            fit(
+                epochs=start_epoch + 1,
+                initial_epoch=start_epoch,
+                steps_per_epoch=plan.steps_per_epoch - start_step,
+                callbacks=callbacks,
+            )
+            start_epoch += 1
+        if start_epoch < cfg.training.epochs and not model.stop_training:
+            final = callbacks
+            if release_inputs is not None:
+                # Last: stop the input sources once no rank will read them again.
+                final = callbacks + [tf_keras.callbacks.LambdaCallback(on_train_end=lambda logs: release_inputs())]
+            fit(
+                epochs=cfg.training.epochs,
+                initial_epoch=start_epoch,
+                steps_per_epoch=plan.steps_per_epoch,
+                callbacks=final,
+            )
     finally:
         # On an error Keras skips on_train_end; the traceback still holds its iterators here.
         if release_inputs is not None:

@@ -166,3 +166,30 @@ def test_analyze_flags_a_pair_that_always_co_occurs(tmp_path):
     assert "FLAG sea + sunset" in out and "0 with only sea, 0 with only sunset" in out, out
     # A split the data set does not have is named, with the ones it has.
     assert_clean_error(run_cli("analyze", "--data", str(data), "--splits", "nope", timeout=120), "nope", "train, val")
+
+
+def test_a_run_killed_mid_epoch_resumes_at_its_last_step_checkpoint(data_dir, tmp_path):
+    """checkpoint.every_steps: a run killed in the middle of an epoch resumes from the step it
+    saved, runs only the steps left of that epoch, and ends with exactly the optimizer steps
+    of an uninterrupted run."""
+    import tensorflow as tf
+
+    run = tmp_path / "run"
+    marker = tmp_path / "killed"
+    every = ["--set", "checkpoint.every_steps=3", "--set", "training.epochs=2"]
+    killed = run_cli(
+        "train", "--local", "--config", CONFIG, "--data", data_dir, "--output", str(run), *FAST, *every,
+        env={"JOB_FAULT_KILL": f"0:2:5:{marker}"}, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode != 0 and marker.exists(), (killed.stdout + killed.stderr)[-2000:]
+    assert (run / "checkpoint_epoch-000001-step-00000003").is_dir(), sorted(p.name for p in run.iterdir())
+
+    out = _ok(_train(data_dir, run, *every))
+    assert re.search(r"resuming from \S+checkpoint_epoch-000001-step-00000003 \(epoch 1 done and 3 steps", out), out
+    assert _epochs(run) == [1, 2]
+    steps = json.loads((run / "config.json").read_text())["steps_per_epoch"]
+    reader = tf.train.load_checkpoint(str(run / "checkpoint_epoch-000002" / "model.ckpt"))
+    iterations = [k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/_iterations/")]
+    assert [int(reader.get_tensor(k)) for k in iterations] == [2 * steps]
+    # Only the latest mid-epoch checkpoint outlives its epoch's end: none is left after the run.
+    assert not list(run.glob("checkpoint_epoch-*-step-*"))

@@ -139,7 +139,7 @@ def test_list_checkpoints_newest_first_by_epoch_number(tmp_path):
     with open(os.path.join(run, "config.json"), "w") as fh:
         fh.write("{}")
     os.makedirs(os.path.join(run, "checkpoint_epoch-000011"))  # empty: nothing was uploaded
-    assert checkpoints.list_checkpoints(run) == [(10, uris[10]), (9, uris[9]), (2, uris[2])]
+    assert checkpoints.list_checkpoints(run) == [((10, 0), uris[10]), ((9, 0), uris[9]), ((2, 0), uris[2])]
 
 
 def test_list_checkpoints_of_a_missing_run_is_empty(tmp_path):
@@ -234,7 +234,7 @@ def test_prune_keeps_the_best_k_and_the_latest(tmp_path):
     run, uris = _run(tmp_path, {1: 0.5, 2: 0.3, 3: 0.4, 4: 0.6, 5: 0.7})
     deleted = checkpoints.prune(run, keep_best=2)
     assert sorted(deleted) == sorted([uris[1], uris[4]])
-    assert [epoch for epoch, _ in checkpoints.list_checkpoints(run)] == [5, 3, 2]
+    assert [epoch for (epoch, _), _ in checkpoints.list_checkpoints(run)] == [5, 3, 2]
     assert not os.path.exists(uris[1]) and not os.path.exists(uris[4])
     # What is left still restores: the latest, and the best.
     assert checkpoints.restore_latest(run, str(tmp_path / "w1")).epoch == 5
@@ -245,13 +245,13 @@ def test_prune_when_the_latest_is_also_among_the_best(tmp_path):
     run, uris = _run(tmp_path, {1: 0.5, 2: 0.4, 3: 0.6, 4: 0.2})
     deleted = checkpoints.prune(run, keep_best=2)
     assert sorted(deleted) == sorted([uris[1], uris[3]])
-    assert [epoch for epoch, _ in checkpoints.list_checkpoints(run)] == [4, 2]
+    assert [epoch for (epoch, _), _ in checkpoints.list_checkpoints(run)] == [4, 2]
 
 
 def test_prune_with_few_checkpoints_deletes_nothing(tmp_path):
     run, uris = _run(tmp_path, {1: 0.5, 2: 0.6, 3: 0.7})
     assert checkpoints.prune(run, keep_best=2) == []
-    assert [epoch for epoch, _ in checkpoints.list_checkpoints(run)] == [3, 2, 1]
+    assert [epoch for (epoch, _), _ in checkpoints.list_checkpoints(run)] == [3, 2, 1]
 
 
 def test_prune_counts_a_checkpoint_without_val_loss_as_worst(tmp_path):
@@ -261,8 +261,41 @@ def test_prune_counts_a_checkpoint_without_val_loss_as_worst(tmp_path):
     deleted = checkpoints.prune(run, keep_best=1)
     # Best by val_loss is epoch 3 (0.4); epoch 4 is the latest.
     assert sorted(deleted) == sorted([uris[1], uris[2]])
-    assert [epoch for epoch, _ in checkpoints.list_checkpoints(run)] == [4, 3]
+    assert [epoch for (epoch, _), _ in checkpoints.list_checkpoints(run)] == [4, 3]
 
 
 def test_dir_name_is_zero_padded():
     assert checkpoint_dir_name(7) == "checkpoint_epoch-000007"
+
+
+def _publish_mid_epoch(tmp_path, run: str, epoch: int, step: int) -> str:
+    local = tmp_path / "staging" / checkpoint_dir_name(epoch, step)
+    _make_local(local, epoch, 0.0)
+    with open(local / "state.json", "w") as fh:  # no validation mid-epoch
+        json.dump({"epoch": epoch, "step_in_epoch": step, "val_loss": None, "history": {}}, fh)
+    checkpoints.write_manifest(str(local))
+    uri = os.path.join(run, checkpoint_dir_name(epoch, step))
+    checkpoints.publish(str(local), uri)
+    return uri
+
+
+def test_a_mid_epoch_checkpoint_resumes_but_is_never_the_best(tmp_path):
+    run, uris = _run(tmp_path, {1: 0.5, 2: 0.4})
+    mid = _publish_mid_epoch(tmp_path, run, 2, 17)
+    latest = checkpoints.restore_latest(run, str(tmp_path / "w1"))
+    assert (latest.uri, latest.epoch, latest.step_in_epoch) == (mid, 2, 17)
+    assert checkpoints.restore_best(run, str(tmp_path / "w2")).uri == uris[2]
+
+
+def test_prune_keeps_a_mid_epoch_checkpoint_only_while_it_is_the_latest(tmp_path):
+    run, uris = _run(tmp_path, {1: 0.5, 2: 0.4})
+    first = _publish_mid_epoch(tmp_path, run, 2, 10)
+    checkpoints.prune(run, keep_best=2)
+    assert [p for p, _ in checkpoints.list_checkpoints(run)] == [(2, 10), (2, 0), (1, 0)]
+    _publish_mid_epoch(tmp_path, run, 2, 20)
+    checkpoints.prune(run, keep_best=2)
+    assert [p for p, _ in checkpoints.list_checkpoints(run)] == [(2, 20), (2, 0), (1, 0)]
+    assert not os.path.exists(first)
+    _publish(tmp_path, run, 3, 0.45)
+    checkpoints.prune(run, keep_best=2)
+    assert [p for p, _ in checkpoints.list_checkpoints(run)] == [(3, 0), (2, 0)]

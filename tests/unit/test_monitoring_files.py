@@ -142,7 +142,7 @@ def test_promtool_accepts_rules_file_and_prometheusrule_spec(tmp_path):
     for path in (RULES, spec):
         result = run([promtool, "check", "rules", str(path)])
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "SUCCESS: 8 rules found" in result.stdout, result.stdout
+        assert "SUCCESS: 10 rules found" in result.stdout, result.stdout
 
 
 def test_prometheusrule_groups_equal_the_plain_rules_file():
@@ -163,6 +163,8 @@ def test_every_alert_tells_the_reader_what_to_do():
         "MultilabelThroughputDropped",
         "MultilabelCheckpointFailures",
         "MultilabelInputBound",
+        "MultilabelPreemptedOften",
+        "MultilabelCheckpointUploadBacklog",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
@@ -397,7 +399,7 @@ def test_prometheus_configs_are_valid_and_load_the_rules():
         path = ROOT / "monitoring" / name
         result = run([promtool, "check", "config", str(path)])
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "SUCCESS: 8 rules found" in result.stdout, result.stdout
+        assert "SUCCESS: 10 rules found" in result.stdout, result.stdout
         config = yaml.safe_load(path.read_text())
         targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
         assert targets == {f"{target_host}:{port}" for port in (9400, 9401, 9402)}

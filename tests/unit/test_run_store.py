@@ -9,7 +9,7 @@ import pytest
 from job.config import load_config
 from job.errors import UserError
 from job.launch.plan import resolve_run
-from job.storage.run_store import RunStore, checkpoint_dir_name, checkpoint_epoch
+from job.storage.run_store import RunStore, checkpoint_dir_name, checkpoint_position
 
 
 def test_config_round_trip_keeps_the_config_labels_and_data(tmp_path):
@@ -48,8 +48,14 @@ def test_attempt_markers_count_worker_group_starts(tmp_path):
 
 def test_checkpoint_names_round_trip_and_reject_other_folders():
     assert checkpoint_dir_name(7) == "checkpoint_epoch-000007"
-    assert checkpoint_epoch(checkpoint_dir_name(123)) == 123
-    assert checkpoint_epoch("tensorboard") is None and checkpoint_epoch("checkpoint_epoch-12x") is None
+    assert checkpoint_position(checkpoint_dir_name(123)) == (123, 0)
+    assert checkpoint_dir_name(2, 17) == "checkpoint_epoch-000002-step-00000017"
+    assert checkpoint_position(checkpoint_dir_name(2, 17)) == (2, 17)
+    assert checkpoint_position("checkpoint_epoch-000002-step-") is None
+    # Names sort like positions, so a listing's order is the training order.
+    names = [checkpoint_dir_name(e, s) for e, s in [(2, 0), (1, 500), (2, 3), (1, 0)]]
+    assert sorted(names) == [checkpoint_dir_name(e, s) for e, s in [(1, 0), (1, 500), (2, 0), (2, 3)]]
+    assert checkpoint_position("tensorboard") is None and checkpoint_position("checkpoint_epoch-12x") is None
     assert RunStore("s3://b/runs/r/").checkpoint_uri(2) == "s3://b/runs/r/checkpoint_epoch-000002"
 
 

@@ -194,9 +194,13 @@ def test_driver_counters():
     d = DriverTelemetry("r", port=None)
     d.add_worker_restarts(1)
     d.add_worker_restarts(0)
+    d.add_worker_restarts(2, cause="preemption")
+    d.add_preemptions(3)
     d.add_s3_retries(4)
     text = d.exposition()
-    assert value(text, "multilabel_worker_restarts_total", run="r") == 1
+    assert value(text, "multilabel_worker_restarts_total", run="r", cause="failure") == 1
+    assert value(text, "multilabel_worker_restarts_total", run="r", cause="preemption") == 2
+    assert value(text, "multilabel_preemptions_total", run="r") == 3
     assert value(text, "multilabel_s3_retries_total", run="r") == 4
 
 

@@ -39,14 +39,19 @@ variable "system_instance_types" {
 
 variable "gpu_instance_types" {
   type        = list(string)
-  description = "Instance types of the GPU node group (cost: the main item of the bill). Each must fit one Ray GPU worker pod (6 CPUs, 24 GiB, 1 GPU requested): g5.2xlarge or larger; g5.xlarge (4 vCPUs, 16 GiB) does not."
+  description = "Instance types of the GPU node group (cost: the main item of the bill). Each must fit one Ray GPU worker pod (6 CPUs, 24 GiB, 1 GPU requested): g5.2xlarge or larger; g5.xlarge (4 vCPUs, 16 GiB) does not. With gpu_capacity_type SPOT, give several (e.g. [\"g5.2xlarge\", \"g5.4xlarge\"]): EKS then draws from several spot pools."
   default     = ["g5.2xlarge"]
 }
 
 variable "gpu_capacity_type" {
   type        = string
-  description = "ON_DEMAND or SPOT for GPU nodes."
+  description = "ON_DEMAND (default) or SPOT for the GPU worker nodes only; the system nodes (Ray head, driver) stay on-demand whatever this says. With SPOT, list several instance types in gpu_instance_types so that a reclaimed type can be replaced by another (docs/deploy.md, \"Spot GPU workers\")."
   default     = "ON_DEMAND"
+
+  validation {
+    condition     = contains(["ON_DEMAND", "SPOT"], var.gpu_capacity_type)
+    error_message = "gpu_capacity_type must be ON_DEMAND or SPOT."
+  }
 }
 
 variable "gpu_node_max_size" {

@@ -263,7 +263,9 @@ resource "aws_iam_role_policy_attachment" "node" {
   policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/${each.value}"
 }
 
-# Ray head, job submitter, KubeRay operator, Prometheus.
+# Ray head, job submitter, KubeRay operator, Prometheus. Always on-demand, whatever
+# var.gpu_capacity_type says: the Ray head holds the driver and the Ray Train controller, and
+# losing it ends the run (only worker nodes can be drained and replaced mid-run).
 resource "aws_eks_node_group" "system" {
   cluster_name    = aws_eks_cluster.this.name
   node_group_name = "system"
@@ -301,6 +303,11 @@ resource "aws_eks_node_group" "system" {
 
 # Ray GPU workers. The NVIDIA AMI brings the driver and container toolkit; the device
 # plugin (addons module) advertises nvidia.com/gpu. The taint keeps other pods off.
+#
+# On SPOT (var.gpu_capacity_type), EKS picks from every type in var.gpu_instance_types
+# (capacity-optimized allocation) and, with Capacity Rebalancing, drains a node that AWS is
+# about to reclaim; the worker pod's preStop hook turns that drain into a Ray preemption
+# (k8s/base/rayjob.yaml).
 #
 # Nobody sets its size by hand: it starts at zero nodes, the cluster autoscaler (addons
 # module) adds nodes while GPU pods are Pending and removes them once they are idle, up to

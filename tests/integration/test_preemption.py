@@ -1,0 +1,284 @@
+"""Spot-ready training on a multi-node Ray started the way KubeRay starts it
+(tests/kuberay_emulator.py): a head pod without CPUs for Ray work and worker pods, each a
+Ray node in its own network namespace, the job submitted as KubeRay's submitter does (so
+the driver and Ray Train's controller live on the head), the embedded S3 server behind the
+overlay's MinIO Service, and a real Prometheus scraping every pod.
+
+- A node drained as preempted in the middle of an epoch (`ray drain-node`, 20 s deadline),
+  with `scaling.max_failures=0`, so only the preemption path can save the run.
+- The same through the worker pod's own `preStop` hook from the rendered manifest.
+
+Each prints its figures: steps run twice (from rank 0's step counter as Prometheus scraped
+it), seconds from the notice to training again, and the final val_loss.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from job.storage import embedded
+from tests.deploy.helpers import render
+from tests.kuberay_emulator import GCS_PORT, RAY_TEMP_DIR, KubeRayEmulator, Pod
+from tests.pod_network import PodNetwork, require_pod_network
+from tests.prometheus_server import PrometheusServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
+
+MINIO_SERVICE = "minio.multilabel.svc.cluster.local"
+S3_KEY = "emulated-access-key"
+BUCKET = "multilabel"
+RUN_TIMEOUT = 1200
+# Two pods for the two training workers, and one spare per drained node, as a replacement
+# node from the cluster autoscaler would be.
+WORKER_PODS = 4
+DEADLINE_SECONDS = 20
+
+
+class SpotCluster:
+    """The local overlay's RayCluster, emulated, with Prometheus and the S3 server."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.net = PodNetwork()
+        self.s3 = embedded.start(host=self.net.gateway, port=9000)
+        self.objects = [d for d in yaml.safe_load_all(render("local")) if d]
+        (rayjob,) = [o for o in self.objects if o["kind"] == "RayJob"]
+        group = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+        group["replicas"] = group["minReplicas"] = group["maxReplicas"] = WORKER_PODS
+        self.base_entrypoint = rayjob["spec"]["entrypoint"].strip()
+        secrets = {
+            "multilabel-s3": {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_KEY},
+            "multilabel-ray-auth": {"auth_token": uuid.uuid4().hex},
+        }
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=self.s3.endpoint_url,
+            aws_access_key_id=S3_KEY,
+            aws_secret_access_key=S3_KEY,
+            region_name="us-east-1",
+        )
+        self.client.create_bucket(Bucket=BUCKET)
+        self.cluster = KubeRayEmulator(self.objects, secrets, {MINIO_SERVICE: self.net.gateway}, self.net, workdir)
+        self.cluster.start()
+        head = self.cluster.pods["head"]
+        targets = {
+            "driver-metrics": [f"{head.ip}:9400"],
+            "train-metrics": [f"{p.ip}:9401" for p in self.cluster.ray_pods() if p.role == "worker"],
+        }
+        self.prom = PrometheusServer.start(workdir / "prometheus", targets)
+
+    def stop(self) -> None:
+        self.prom.stop()
+        self.net.stop()
+        self.s3.stop()
+
+    # ------------------------------------------------------------------ runs
+
+    def submit(self, run: str, *overrides: str) -> dict:
+        """Submit `train` into s3://multilabel/runs/RUN in the background; returns a handle."""
+        sets = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+        entrypoint = self.base_entrypoint.replace("runs/multilabel-train", f"runs/{run}")
+        assert entrypoint != self.base_entrypoint, "the overlay's --output changed; update this test"
+        self.cluster.rayjob["spec"]["entrypoint"] = f"{entrypoint} {sets}"
+        handle: dict = {}
+
+        def go():
+            handle["code"], handle["log"] = self.cluster.submit(timeout=RUN_TIMEOUT)
+            handle["status"] = self.cluster.job_status()
+
+        handle["thread"] = threading.Thread(target=go, daemon=True)
+        handle["thread"].start()
+        return handle
+
+    def wait(self, handle: dict) -> dict:
+        handle["thread"].join(RUN_TIMEOUT + 60)
+        assert not handle["thread"].is_alive(), "the job did not end"
+        return handle
+
+    def json(self, key: str) -> dict | list | None:
+        try:
+            return json.loads(self.client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    # ------------------------------------------------------------------ Ray nodes
+
+    def node_id(self, pod: Pod) -> str:
+        """The Ray node id of a pod, asked from the head pod."""
+        script = (
+            "import ray, json; ray.init(logging_level='ERROR'); "
+            "print(json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() if n['Alive']}))"
+        )
+        code, out = self.cluster.exec(self.cluster.pods["head"], ["python", "-c", script], 120, "nodes")
+        assert code == 0, out
+        nodes = json.loads(out.strip().splitlines()[-1])
+        return nodes[pod.ip]
+
+    def rank0_pod(self) -> Pod:
+        """The worker pod whose 9401 serves rank 0's step counter."""
+        result = self.prom.query('multilabel_train_steps_total{rank="0"}')
+        (instance,) = {r["metric"]["instance"] for r in result}
+        ip = instance.split(":")[0]
+        (pod,) = [p for p in self.cluster.ray_pods() if p.ip == ip]
+        return pod
+
+    def rank0_steps(self) -> float:
+        result = self.prom.query('max(multilabel_train_steps_total{rank="0"})')
+        return float(result[0]["value"][1]) if result else 0.0
+
+    def rank0_step_segments(self) -> list[list[tuple[float, float]]]:
+        """Rank 0's step counter, as scraped: one list of (time, value) per worker process."""
+        data = self.prom.api("query", query='multilabel_train_steps_total{rank="0"}[2h]')
+        segments = []
+        for series in data["result"]:
+            current: list[tuple[float, float]] = []
+            for t, v in series["values"]:
+                if current and float(v) < current[-1][1]:
+                    segments.append(current)
+                    current = []
+                current.append((float(t), float(v)))
+            segments.append(current)
+        return sorted((s for s in segments if s), key=lambda s: s[0][0])
+
+
+@pytest.fixture(scope="module")
+def spot(request):
+    require_pod_network()
+    Path(RAY_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="spot-"))
+    failed_before = request.session.testsfailed
+    cluster = SpotCluster(workdir)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if request.session.testsfailed == failed_before:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"pods' files and logs: {workdir}")
+
+
+def _drained_run(spot: SpotCluster, run: str, drain, epochs: int) -> dict:
+    """Train RUN with max_failures=0; once rank 0 is a third into epoch 2, `drain(pod)` the
+    node it runs on, and take the node away when the callable `drain` returned returns.
+    Returns the figures."""
+    handle = spot.submit(run, "scaling.max_failures=0", f"training.epochs={epochs}")
+    deadline = time.monotonic() + 600
+    config = None
+    while config is None and time.monotonic() < deadline:
+        config = spot.json(f"runs/{run}/config.json")
+        time.sleep(1)
+    assert config, "the run never wrote its config.json"
+    steps = int(config["steps_per_epoch"])
+    while spot.rank0_steps() < steps + steps // 3:
+        assert handle["thread"].is_alive(), handle.get("log")
+        assert time.monotonic() < deadline, "training did not reach epoch 2"
+        time.sleep(0.5)
+    victim = spot.rank0_pod()
+    taken_away = drain(victim)
+    taken_away()
+    spot.cluster.kill_pod(victim)
+    spot.wait(handle)
+    errors = "\n".join(line for line in handle["log"].splitlines() if "error" in line.lower())
+    assert handle["status"] == "SUCCEEDED" and handle["code"] == 0, f"{handle['status']}: {errors}\n{handle['log']}"
+
+    segments = spot.rank0_step_segments()
+    executed = sum(segment[-1][1] for segment in segments)
+    history = spot.json(f"runs/{run}/history.json")
+    notices = [spot.json(k) for k in spot.keys(f"runs/{run}/preemptions/")]
+    assert len(notices) == 1, notices
+    after = [t for s in segments if s[0][0] > notices[0]["time"] for t, v in s if v > 0]
+    assert after, "no worker trained after the notice: the run ended before the deadline (more epochs)"
+    # The last step of the preempted attempt: where its counter last moved.
+    before = [s for s in segments if s[0][0] <= notices[0]["time"]][-1]
+    last_step = next(t for t, v in before if v == before[-1][1])
+    driver = {
+        r["metric"]["cause"]: float(r["value"][1])
+        for r in spot.prom.query(f'max_over_time(multilabel_worker_restarts_total{{run="{run}"}}[2h])')
+    }
+    return {
+        "steps_per_epoch": steps,
+        "epochs_planned": epochs,
+        "steps_run_twice": executed - epochs * steps,
+        "notice_to_training_seconds": after[0] - notices[0]["time"],
+        "paused_seconds": after[0] - last_step,
+        "notice": notices[0],
+        "val_loss": history[-1]["val_loss"],
+        "epochs": [row["epoch"] for row in history],
+        "restarts": driver,
+        "log": handle["log"],
+    }
+
+
+def _check(figures: dict, how: str) -> None:
+    print(
+        f"\n{how}: steps run twice {figures['steps_run_twice']:.0f} "
+        f"(of {figures['epochs_planned']} x {figures['steps_per_epoch']}), "
+        f"notice to training again {figures['notice_to_training_seconds']:.1f} s, no training for "
+        f"{figures['paused_seconds']:.1f} s, final val_loss "
+        f"{figures['val_loss']:.4f}, notice at epoch {figures['notice']['epoch'] + 1} "
+        f"step {figures['notice']['step']}, restarts {figures['restarts']}"
+    )
+    assert figures["epochs"] == list(range(1, figures["epochs_planned"] + 1))
+    assert 0 <= figures["steps_run_twice"] <= 1, figures
+    assert figures["restarts"] == {"failure": 0.0, "preemption": 1.0}, figures["restarts"]
+    assert "-step-" in figures["log"] and "resuming from" in figures["log"], figures["log"][-3000:]
+
+
+def test_a_node_drained_as_preempted_mid_epoch_costs_at_most_one_step(spot):
+    def ray_drain_node(pod: Pod) -> None:
+        head = spot.cluster.pods["head"]
+        argv = [
+            "ray", "drain-node", f"--address={head.ip}:{GCS_PORT}", f"--node-id={spot.node_id(pod)}",
+            "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot interruption",
+            f"--deadline-remaining-seconds={DEADLINE_SECONDS}",
+        ]  # fmt: skip
+        drained_at = time.time()
+        code, out = spot.cluster.exec(head, argv, 60, "drain")
+        assert code == 0, out
+        # The cloud takes the node at the deadline, whatever Ray did.
+        return lambda: time.sleep(max(0.0, drained_at + DEADLINE_SECONDS + 2 - time.time()))
+
+    _check(_drained_run(spot, "drained", ray_drain_node, epochs=4), "ray drain-node")
+
+
+def test_the_worker_pods_prestop_hook_turns_a_pod_eviction_into_the_same_preemption(spot):
+    """What the kubelet does when a spot node is drained: run the worker container's preStop
+    hook (from the rendered manifest), then SIGTERM/SIGKILL the pod once the hook returns."""
+    (rayjob,) = [o for o in spot.objects if o["kind"] == "RayJob"]
+    pod_spec = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    hook = pod_spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    grace = float(pod_spec["terminationGracePeriodSeconds"])
+    outcome: dict = {}
+
+    def evict(pod: Pod):
+        def run_hook():
+            start = time.monotonic()
+            outcome["code"], outcome["log"] = spot.cluster.exec(pod, hook, grace, "prestop")
+            outcome["seconds"] = time.monotonic() - start
+
+        thread = threading.Thread(target=run_hook, daemon=True)
+        thread.start()
+        return lambda: thread.join(grace + 30)
+
+    # Long enough to outlast the manifest's deadline (75 s) after the notice in epoch 2 (about 6 s an epoch here).
+    figures = _drained_run(spot, "evicted", evict, epochs=24)
+    print(f"\npreStop hook: exit {outcome['code']} after {outcome['seconds']:.1f} s (grace period {grace:.0f} s)")
+    assert outcome["code"] == 0 and outcome["seconds"] < grace, outcome
+    assert "workers left" in outcome["log"], outcome["log"]
+    _check(figures, "preStop hook")
