@@ -9,6 +9,13 @@ step time after warm-up. Then save a checkpoint the way a run does, repeatedly:
 median. (On Ray the upload is Ray Train's own copy to storage_path; `publish` is the
 single-process path and uploads the same bytes.)
 
+Asynchronous saves (`checkpoint.upload: async`, the default on Ray): training waits only for
+the local write; the manifest and the upload run on a background thread while training goes
+on, and slow its steps down (on 2 cores they share the CPUs). So the blocking time of an async
+save is measured as the local write plus the extra step time while the background work runs:
+training steps are timed one by one until the thread is done, and their excess over the
+median step without an upload is added.
+
     python -m bench.checkpoint --workdir /tmp/bench --result out.json
 """
 
@@ -18,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 
@@ -77,10 +85,7 @@ def measure(name: str, workdir: str, batch_size: int, warmup_steps: int, steps: 
     save_times, parts, sizes = [], [], 0
     for i in range(saves):
         start = time.perf_counter()
-        local = tempfile.mkdtemp(prefix="bench-ckpt-")
-        ckpt.write(os.path.join(local, checkpoints.WEIGHTS_PREFIX))
-        with open(os.path.join(local, checkpoints.STATE), "w") as fh:
-            json.dump({"epoch": i + 1, "val_loss": 0.5, "history": []}, fh)
+        local = write_local(ckpt, i + 1, "bench-ckpt-")
         written = time.perf_counter()
         checkpoints.write_manifest(local)
         hashed = time.perf_counter()
@@ -91,6 +96,8 @@ def measure(name: str, workdir: str, batch_size: int, warmup_steps: int, steps: 
         sizes = sum(os.path.getsize(os.path.join(local, f)) for f in os.listdir(local))
         shutil.rmtree(local, ignore_errors=True)
     save = common.median(save_times[1:] if saves > 1 else save_times)
+    async_parts = measure_async(model, ds, ckpt, name, saves)
+    async_blocking = common.median([p["blocking"] for p in async_parts[1:] or async_parts])
     return {
         "image_size": size,
         "params": int(model.count_params()),
@@ -103,7 +110,115 @@ def measure(name: str, workdir: str, batch_size: int, warmup_steps: int, steps: 
         "median_save_parts_seconds": {k: round(common.median([p[k] for p in parts[1:] or parts]), 3) for k in parts[0]},
         "median_save_seconds": round(save, 3),
         "share_of_epoch": save / epoch,
+        "async_saves": [{k: round(v, 3) for k, v in p.items()} for p in async_parts],
+        "median_async_blocking_seconds": round(async_blocking, 3),
+        "async_share_of_epoch": async_blocking / epoch,
     }
+
+
+def write_local(ckpt, epoch: int, prefix: str) -> str:
+    """What a run's save writes locally: weights + optimizer, and state.json."""
+    from job.training import checkpoints
+
+    local = tempfile.mkdtemp(prefix=prefix)
+    ckpt.write(os.path.join(local, checkpoints.WEIGHTS_PREFIX))
+    with open(os.path.join(local, checkpoints.STATE), "w") as fh:
+        json.dump({"epoch": epoch, "val_loss": 0.5, "history": []}, fh)
+    return local
+
+
+def measure_async(model, ds, ckpt, name: str, saves: int) -> list[dict]:
+    """Per save: local write (blocking), then training steps while the manifest and upload run
+    on a thread; `blocking` = write + the steps' excess over the undisturbed median step."""
+    import threading
+
+    from job.storage.run_store import checkpoint_dir_name
+    from job.training import checkpoints
+
+    iterator = iter(ds)
+    train_step = model.make_train_function()
+
+    def timed_step() -> float:
+        start = time.perf_counter()
+        train_step(iterator)
+        return time.perf_counter() - start
+
+    for _ in range(2):  # warm the step function outside fit
+        timed_step()
+    undisturbed = common.median([timed_step() for _ in range(5)])
+    parts = []
+    for i in range(saves):
+        start = time.perf_counter()
+        local = write_local(ckpt, i + 1, "bench-ckpt-async-")
+        write = time.perf_counter() - start
+
+        def upload(folder=local, index=i):
+            checkpoints.write_manifest(folder)
+            checkpoints.publish(folder, f"s3://bench/ckpt-async/{name}/{checkpoint_dir_name(index + 1)}")
+
+        thread = threading.Thread(target=upload)
+        background_start = time.perf_counter()
+        thread.start()
+        steps = []
+        while thread.is_alive():
+            steps.append(timed_step())
+        thread.join()
+        background = time.perf_counter() - background_start
+        shutil.rmtree(local, ignore_errors=True)
+        slowdown = max(0.0, sum(steps) - len(steps) * undisturbed)
+        parts.append(
+            {
+                "write": write,
+                "background": background,
+                "steps_during": len(steps),
+                "step_slowdown": slowdown,
+                "blocking": write + slowdown,
+                "undisturbed_step": undisturbed,
+            }
+        )
+    return parts
+
+
+def _in_process_s3():
+    from job.storage.embedded import use_embedded_s3
+
+    return use_embedded_s3("bench")
+
+
+class separate_s3:
+    """The embedded S3 server in a child process; this process points at it (stop() ends it)."""
+
+    def __init__(self):
+        import subprocess
+        import sys
+
+        import boto3
+
+        from job.storage import client
+
+        with socket.socket() as probe:  # a free port for the child to bind
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        code = f"from job.storage import embedded; import time; embedded.start(port={port}); time.sleep(1e9)"
+        self.process = subprocess.Popen([sys.executable, "-c", code])
+        os.environ.update(
+            S3_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+            AWS_ACCESS_KEY_ID="embedded",
+            AWS_SECRET_ACCESS_KEY="embedded",
+            AWS_REGION="us-east-1",
+        )
+        s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"], region_name="us-east-1")
+        for _ in range(100):
+            try:
+                s3.create_bucket(Bucket="bench")
+                break
+            except Exception:
+                time.sleep(0.2)
+        client.reset_clients()  # clients made before now point at no server
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
 
 
 def main() -> None:
@@ -115,12 +230,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--saves", type=int, default=4, help="The first save is warm-up.")
     p.add_argument("--result", required=True)
+    p.add_argument(
+        "--separate-s3",
+        action="store_true",
+        help="Run the embedded S3 server in a process of its own, as a remote S3 would be: its "
+        "request handling then does not share this process's interpreter lock with training.",
+    )
     args = p.parse_args()
     common.quiet_logs()
 
-    from job.storage.embedded import use_embedded_s3
-
-    server = use_embedded_s3("bench")
+    server = separate_s3() if args.separate_s3 else _in_process_s3()
     try:
         out = {
             name: measure(name, args.workdir, args.batch_size, args.warmup_steps, args.steps, args.saves)
@@ -129,8 +248,16 @@ def main() -> None:
     finally:
         server.stop()
     worst = max(out, key=lambda n: out[n]["share_of_epoch"])
+    worst_async = max(out, key=lambda n: out[n]["async_share_of_epoch"])
     common.write_result(
-        args.result, {"models": out, "worst": worst, "checkpoint_over_epoch": out[worst]["share_of_epoch"]}
+        args.result,
+        {
+            "models": out,
+            "worst": worst,
+            "checkpoint_over_epoch": out[worst]["share_of_epoch"],
+            "worst_async": worst_async,
+            "checkpoint_async_over_epoch": out[worst_async]["async_share_of_epoch"],
+        },
     )
 
 

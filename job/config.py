@@ -251,7 +251,29 @@ class TransferConfig:
 class ScalingConfig:
     """How many workers, and what each one gets."""
 
-    num_workers: int = setting(2, "Ray Train workers (one TensorFlow replica group each).", min=1, max=4096)
+    num_workers: int = setting(
+        2,
+        "Ray Train workers (one TensorFlow replica each). Elastic: [min, max] in YAML or --set "
+        "scaling.num_workers=[1,4] (stored as min_workers and num_workers = max).",
+        min=1,
+        max=4096,
+    )
+    min_workers: int = setting(
+        0,
+        "Elastic runs: the fewest workers to train with (0: not elastic, always num_workers). The group "
+        "shrinks when nodes are lost and grows back at the next resize check when they return.",
+        min=0,
+        max=4096,
+    )
+    worker_node_resource: str = setting(
+        "",
+        "A custom Ray resource every worker node advertises one of (ray start --resources); each training "
+        "worker takes one, so no node ever holds two workers: SPREAD only prefers that, and an elastic run "
+        "would otherwise double up on the nodes left after a loss and starve Ray Data of CPUs. Empty: none.",
+    )
+    resize_check_seconds: float = setting(
+        60.0, "Elastic runs: how often Ray Train checks whether more workers now fit.", min=1.0, max=86400.0
+    )
     use_gpu: bool = setting(False, "Give every worker GPUs.")
     gpus_per_worker: float = setting(1.0, "GPUs per worker when use_gpu is on.", min=0.0, max=16.0)
     cpus_per_worker: float = setting(1.0, "Logical CPUs per worker.", min=0.0, max=1024.0)
@@ -464,7 +486,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def config_from_dict(raw: Mapping[str, Any]) -> Config:
     """Build a validated Config from nested dicts (as found in YAML or config.json)."""
-    return _build(Config, raw, prefix="")
+    config = _build(Config, _split_worker_range(raw), prefix="")
+    s = config.scaling
+    if s.min_workers > s.num_workers:
+        raise ConfigError(
+            f"scaling.min_workers ({s.min_workers}) is above scaling.num_workers ({s.num_workers}); "
+            "give the range as scaling.num_workers=[min,max]."
+        )
+    return config
+
+
+def _split_worker_range(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`scaling.num_workers: [min, max]` as min_workers and num_workers (= max)."""
+    scaling = raw.get("scaling") if isinstance(raw, Mapping) else None
+    if not isinstance(scaling, Mapping) or not isinstance(scaling.get("num_workers"), (list, tuple)):
+        return raw
+    bounds = scaling["num_workers"]
+    if len(bounds) != 2 or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+        raise ConfigError(f"Config key scaling.num_workers must be an integer or [min, max], got {list(bounds)!r}.")
+    if "min_workers" in scaling:
+        raise ConfigError("Give scaling.num_workers as [min, max] or scaling.min_workers, not both.")
+    low, high = bounds
+    if not 1 <= low <= high:
+        raise ConfigError(f"Config key scaling.num_workers = [{low}, {high}] needs 1 <= min <= max.")
+    return {**raw, "scaling": {**scaling, "num_workers": high, "min_workers": low}}
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

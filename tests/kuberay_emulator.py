@@ -284,7 +284,9 @@ class KubeRayEmulator:
         params = ray_start_params(group, pod.container, head=pod.role == "head")
         argv = ["ray", "start", "--block"]
         argv += ["--head"] if pod.role == "head" else [f"--address={self.pods['head'].ip}:{GCS_PORT}"]
-        argv += [f"--{k}={v}" for k, v in sorted(params.items())]
+        # KubeRay pastes " --KEY=VALUE " into the container's bash command line (pod.go
+        # convertParamMap): bash's word splitting and quote removal apply to VALUE.
+        argv += [word for k, v in sorted(params.items()) for word in shlex.split(f"--{k}={v}")]
         env = self.env(pod, pod.container, self.kuberay_env(pod.role))
         pod.root.mkdir(parents=True, exist_ok=True)
         (pod.root / "ray-start.txt").write_text(shlex.join(argv))
@@ -355,8 +357,9 @@ class KubeRayEmulator:
         template = self.rayjob["spec"].get("submitterPodTemplate") or {
             "spec": {"containers": [{"name": "ray-job-submitter"}]}
         }
-        pod = self._make_pod("submitter", "submitter", template)
         self.submission_id = f"{self.rayjob['metadata']['name']}-{uuid.uuid4().hex[:5]}"
+        # A new submitter pod per submission, as KubeRay's submitter Job makes one per RayJob.
+        pod = self.submitter = self._make_pod(f"submitter-{self.submission_id}", "submitter", template)
         dashboard = f"{self.pods['head'].ip}:{DASHBOARD_PORT}"
         address = f"http://{dashboard}"
         entrypoint = self.pods["head"].host_path(self.rayjob["spec"]["entrypoint"].strip())

@@ -17,6 +17,7 @@ other test's processes are touched.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import shlex
 import signal
@@ -56,13 +57,15 @@ class PodNetwork:
         self.gateway = str(next(hosts))
         self._free_hosts = hosts
         self.pods: dict[str, tuple[str, str]] = {}  # pod name -> (namespace, IP)
+        self._numbers = itertools.count()
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
 
     def add_pod(self, name: str) -> str:
         """Make the pod's namespace and return its IP (reachable from this namespace)."""
-        netns = f"{self._prefix}-{len(self.pods)}"
+        assert name not in self.pods, f"pod {name} exists already"
+        netns = f"{self._prefix}-{next(self._numbers)}"
         ip = str(next(self._free_hosts))
         veth = f"{netns}h"
         _ip("netns", "add", netns)

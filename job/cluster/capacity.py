@@ -28,6 +28,8 @@ def worker_resources(s: ScalingConfig) -> dict[str, float]:
     resources = {"CPU": s.cpus_per_worker}
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
+    if s.worker_node_resource:
+        resources[s.worker_node_resource] = 1.0
     return resources
 
 

@@ -58,7 +58,9 @@ def connect(cfg: Config) -> None:
         log.info("connecting to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
         ray.init(logging_level=logging_level, log_to_driver=True)
         _warn_unless_on_head()
-        wait_until_workers_fit(cfg.scaling, _alive_node_resources, _request_resources)
+        # An elastic run starts once its minimum fits.
+        needed = dataclasses.replace(cfg.scaling, num_workers=cfg.scaling.min_workers or cfg.scaling.num_workers)
+        wait_until_workers_fit(needed, _alive_node_resources, _request_resources)
         return
     s = cfg.scaling
     num_cpus = s.num_workers * s.cpus_per_worker + s.data_cpus
@@ -72,6 +74,8 @@ def connect(cfg: Config) -> None:
     ray.init(
         num_cpus=max(1, int(round(num_cpus + 0.499))),
         num_gpus=(s.num_workers * s.gpus_per_worker) if s.use_gpu else 0,
+        # One "node" here holds every worker: it offers one worker-node resource per worker.
+        resources={s.worker_node_resource: s.num_workers} if s.worker_node_resource else None,
         include_dashboard=False,
         logging_level=logging_level,
         log_to_driver=True,
@@ -249,7 +253,10 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
             "plan": dataclasses.asdict(plan.for_workers()),
         },
         scaling_config=ScalingConfig(
-            num_workers=s.num_workers,
+            # Elastic: Ray Train starts with what fits (at least min_workers) and grows the group
+            # at its resize checks; every start is a new TensorFlow cluster spec.
+            num_workers=(s.min_workers, s.num_workers) if s.min_workers else s.num_workers,
+            elastic_resize_monitor_interval_s=s.resize_check_seconds,
             use_gpu=s.use_gpu,
             resources_per_worker=worker_resources(s),
             placement_strategy=s.placement_strategy,
@@ -275,7 +282,8 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
         # so validation metrics are exact and identical on every rank.
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-    log.info("training %s with %d worker(s), global batch %d", plan.run_name, s.num_workers, plan.global_batch_size)
+    workers = f"{s.min_workers} to {s.num_workers}" if s.min_workers else str(s.num_workers)
+    log.info("training %s with %s worker(s), global batch %d", plan.run_name, workers, plan.global_batch_size)
     try:
         with _RestartWatcher(plan.run_uri, telemetry):
             result = trainer.fit()

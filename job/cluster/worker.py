@@ -115,7 +115,17 @@ def worker_entry(config: dict[str, Any]) -> None:
     setup_worker_logging(info.rank)
     quiet_ray_data()
     cfg = config_from_dict(config["config"])
-    plan = loop.WorkerPlan(**config["plan"])
+    planned = loop.WorkerPlan(**config["plan"])
+    plan = loop.plan_for_group(planned, info.world_size)
+    if info.rank == 0 and plan != planned:
+        log.warning(
+            "%d worker(s) instead of %d: %d examples per worker and step keep the global batch of %d "
+            "(steps per epoch and learning rate unchanged)",
+            info.world_size,
+            cfg.scaling.num_workers,
+            plan.batch_size_per_worker,
+            planned.global_batch_size,
+        )
     num_classes = len(plan.class_names)
     if info.rank == 0:
         RunStore(plan.run_uri).record_attempt()

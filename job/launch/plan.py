@@ -56,6 +56,8 @@ class RunPlan:
             steps_per_epoch=self.steps_per_epoch,
             validation_steps=self.validation_steps,
             batch_size_per_worker=self.batch_size_per_worker,
+            global_batch_size=self.global_batch_size,
+            val_examples=self.manifest.num_examples("val"),
         )
 
     def describe(self) -> str:

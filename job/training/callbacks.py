@@ -356,13 +356,14 @@ class PreemptionGuard(tf_keras.callbacks.Callback):
         margin_seconds: float,
         on_notice: Callable[[float, tuple[int, int]], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
     ):
         super().__init__()
         self.notices, self.checkpoint, self.position = notices, checkpoint, position
         self.steps, self.check_steps, self.margin_seconds = steps, check_steps, margin_seconds
-        self.on_notice, self.sleep = on_notice, sleep
+        self.on_notice, self.sleep, self.clock = on_notice, sleep, clock
         self._calls = 0
-        self._last_check = time.monotonic()
+        self._last_check = clock()
         self._check_interval = 0.0
         self._handled_deadline: float | None = None
         self.saved_at: tuple[int, int] | None = None
@@ -375,8 +376,8 @@ class PreemptionGuard(tf_keras.callbacks.Callback):
         self._calls += 1
         if self._calls % self.check_steps:
             return
-        now = time.monotonic()
-        self._check_interval, self._last_check = now - self._last_check, now
+        now = self.clock()
+        self._check_interval, self._last_check = max(0.0, now - self._last_check), now
         deadline = self.notices.poll()
         if deadline is None or deadline == self._handled_deadline:
             return
@@ -390,22 +391,24 @@ class PreemptionGuard(tf_keras.callbacks.Callback):
             "preemption: checkpoint at epoch %d step %d saved %s before the deadline; waiting for the restart",
             self.saved_at[0] + 1,
             self.saved_at[1],
-            "unknown" if math.isinf(deadline) else f"{deadline - time.time():.1f} s",
+            "unknown" if math.isinf(deadline) else f"{deadline - self.clock():.1f} s",
         )
         self._hold(deadline)
 
     def _time_to_save(self, deadline: float) -> bool:
+        if math.isinf(deadline):  # no deadline given: Ray Train restarts within 120 s, save now
+            return True
         margin = max(self.margin_seconds, 3 * self.checkpoint.slowest_save_seconds) + self._check_interval
-        return time.time() >= deadline - margin
+        return self.clock() >= deadline - margin
 
     def _hold(self, deadline: float) -> None:
-        end = (time.time() if math.isinf(deadline) else deadline) + self.HOLD_SECONDS
-        while time.time() < end:
-            self.sleep(min(1.0, max(0.0, end - time.time())))
+        end = (self.clock() if math.isinf(deadline) else deadline) + self.HOLD_SECONDS
+        while self.clock() < end:
+            self.sleep(min(1.0, max(0.0, end - self.clock())))
         log.warning("preemption: no restart came %.0f s after the deadline; training on", self.HOLD_SECONDS)
         self._handled_deadline = deadline
         self.saved_at = None
-        self._last_check = time.monotonic()
+        self._last_check = self.clock()
 
 
 class TensorBoardSync(tf_keras.callbacks.Callback):

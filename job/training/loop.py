@@ -15,6 +15,7 @@ Distributed invariants this module keeps:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -61,6 +62,30 @@ class WorkerPlan:
     steps_per_epoch: int
     validation_steps: int
     batch_size_per_worker: int
+    # The run's global batch and val split size; with them a worker group of another size
+    # (an elastic run) keeps the global batch (`plan_for_group`).
+    global_batch_size: int = 0
+    val_examples: int = 0
+
+
+def plan_for_group(plan: WorkerPlan, world_size: int) -> WorkerPlan:
+    """The plan for a worker group of `world_size`: the same global batch, split over the group.
+
+    An elastic run keeps its global batch, steps per epoch and LR schedule whatever the group's
+    size, so an optimizer step means the same thing before and after a resize and a mid-epoch
+    checkpoint resumes at the same step. Each worker's batch is the global batch / world size,
+    rounded up (the global batch then grows by less than one example per worker).
+    """
+    if not plan.global_batch_size:
+        return plan
+    batch = -(-plan.global_batch_size // world_size)
+    if batch == plan.batch_size_per_worker:
+        return plan
+    return dataclasses.replace(
+        plan,
+        batch_size_per_worker=batch,
+        validation_steps=max(1, -(-plan.val_examples // batch)) if plan.val_examples else plan.validation_steps,
+    )
 
 
 def make_strategy(world_size: int) -> tf.distribute.Strategy:
@@ -130,8 +155,8 @@ def train_worker(
 
     model = build_or_restore_model(cfg, len(plan.class_names), strategy, restored, plan.steps_per_epoch)
     clock = InputClock()
-    # A resumed run draws a fresh order: the seed moves with the position (see docs/operations.md,
-    # "Spot and preemption", for what this means for the examples of an interrupted epoch).
+    # A resumed run draws a fresh order: the seed moves with the position (see docs/spot.md,
+    # "The data order of a resumed epoch", for what this means for the examples of an interrupted epoch).
     train_ds, val_ds = make_datasets(
         cfg,
         plan,

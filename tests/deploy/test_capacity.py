@@ -10,8 +10,10 @@ is the arithmetic the scheduler, the kubelet, KubeRay and Ray would do.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -335,6 +337,17 @@ def ray_cpus(group: dict[str, Any]) -> int:
     return math.ceil(quantity(cpu))
 
 
+def ray_custom_resources(group: dict[str, Any]) -> dict[str, float]:
+    """`ray start --resources` as the Ray container gets it: KubeRay pastes `--resources=VALUE`
+    into a bash command line (pod.go convertParamMap), so bash's quote removal applies before
+    Ray parses the JSON."""
+    value = (group.get("rayStartParams") or {}).get("resources")
+    if value is None:
+        return {}
+    (word,) = shlex.split(f"--resources={value}")
+    return json.loads(word.split("=", 1)[1])
+
+
 def ray_gpus(group: dict[str, Any]) -> int:
     params = group.get("rayStartParams") or {}
     if "num-gpus" in params:
@@ -502,8 +515,22 @@ def test_training_config_matches_the_worker_pods(rendered, target):
         assert s.cpus_per_worker <= request, (
             f"{where}: cpus_per_worker {s.cpus_per_worker} exceeds the pod's CPU request {request}"
         )
-    # Every worker pod runs exactly one Ray Train worker: none idles, none is shared.
+    # Every worker pod runs exactly one Ray Train worker: none idles, none is shared; an
+    # elastic range is the worker groups' minReplicas..maxReplicas.
     assert s.num_workers == replicas, f"{target}: scaling.num_workers {s.num_workers} != {replicas} worker pods"
+    low = sum(g.get("minReplicas", g["replicas"]) for g in workers)
+    high = sum(g.get("maxReplicas", g["replicas"]) for g in workers)
+    assert (s.min_workers or s.num_workers, s.num_workers) == (low, high), (
+        f"{target}: scaling.num_workers [{s.min_workers or s.num_workers}, {s.num_workers}] != the worker "
+        f"groups' minReplicas..maxReplicas [{low}, {high}]"
+    )
+    if s.worker_node_resource:
+        for name, group in _ray_groups(rayjob):
+            offered = ray_custom_resources(group).get(s.worker_node_resource, 0)
+            assert offered == (0 if name == "head" else 1), (
+                f"{target} {name}: ray start offers {offered} {s.worker_node_resource} "
+                f"(scaling.worker_node_resource); a worker pod needs exactly 1, the head none"
+            )
     if replicas > 1:
         assert s.placement_strategy in ("SPREAD", "STRICT_SPREAD"), (
             f"{target}: placement_strategy {s.placement_strategy} may pack several workers into one pod"

@@ -7,6 +7,8 @@ overlay's MinIO Service, and a real Prometheus scraping every pod.
 - A node drained as preempted in the middle of an epoch (`ray drain-node`, 20 s deadline),
   with `scaling.max_failures=0`, so only the preemption path can save the run.
 - The same through the worker pod's own `preStop` hook from the rendered manifest.
+- An elastic run (num_workers [1, 2]) that loses a node without notice, goes on with one
+  worker, and grows back to two when a new node joins.
 
 Each prints its figures: steps run twice (from rank 0's step counter as Prometheus scraped
 it), seconds from the notice to training again, and the final val_loss.
@@ -31,7 +33,7 @@ from job.storage import embedded
 from tests.deploy.helpers import render
 from tests.kuberay_emulator import GCS_PORT, RAY_TEMP_DIR, KubeRayEmulator, Pod
 from tests.pod_network import PodNetwork, require_pod_network
-from tests.prometheus_server import PrometheusServer
+from tests.prometheus_server import PrometheusServer, http_get
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
@@ -77,6 +79,7 @@ class SpotCluster:
             "train-metrics": [f"{p.ip}:9401" for p in self.cluster.ray_pods() if p.role == "worker"],
         }
         self.prom = PrometheusServer.start(workdir / "prometheus", targets)
+        self.extra_targets: list[str] = []
 
     def stop(self) -> None:
         self.prom.stop()
@@ -94,8 +97,11 @@ class SpotCluster:
         handle: dict = {}
 
         def go():
-            handle["code"], handle["log"] = self.cluster.submit(timeout=RUN_TIMEOUT)
+            handle["code"], _ = self.cluster.submit(timeout=RUN_TIMEOUT)
             handle["status"] = self.cluster.job_status()
+            # The whole log of this run (the submitter pod's log file holds every run's).
+            text = (self.cluster.submitter.root / "submitter.log").read_text(errors="replace")
+            handle["log"] = text[text.find(f"training {run} with") :]
 
         handle["thread"] = threading.Thread(target=go, daemon=True)
         handle["thread"].start()
@@ -118,32 +124,64 @@ class SpotCluster:
 
     # ------------------------------------------------------------------ Ray nodes
 
-    def node_id(self, pod: Pod) -> str:
-        """The Ray node id of a pod, asked from the head pod."""
+    def ray_nodes(self) -> dict[str, str]:
+        """Pod IP -> Ray node id of every live Ray node, asked from the head pod."""
         script = (
             "import ray, json; ray.init(logging_level='ERROR'); "
             "print(json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() if n['Alive']}))"
         )
         code, out = self.cluster.exec(self.cluster.pods["head"], ["python", "-c", script], 120, "nodes")
         assert code == 0, out
-        nodes = json.loads(out.strip().splitlines()[-1])
-        return nodes[pod.ip]
+        return json.loads(out.strip().splitlines()[-1])
 
-    def rank0_pod(self) -> Pod:
+    def node_id(self, pod: Pod) -> str:
+        return self.ray_nodes()[pod.ip]
+
+    def wait_for_ray_nodes(self, count: int, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.ray_nodes()) != count:
+            assert time.monotonic() < deadline, f"Ray does not see {count} live nodes"
+            time.sleep(2)
+
+    def rank0_pod(self, run: str) -> Pod:
         """The worker pod whose 9401 serves rank 0's step counter."""
-        result = self.prom.query('multilabel_train_steps_total{rank="0"}')
+        result = self.prom.query(f'multilabel_train_steps_total{{rank="0",run="{run}"}}')
         (instance,) = {r["metric"]["instance"] for r in result}
         ip = instance.split(":")[0]
         (pod,) = [p for p in self.cluster.ray_pods() if p.ip == ip]
         return pod
 
-    def rank0_steps(self) -> float:
-        result = self.prom.query('max(multilabel_train_steps_total{rank="0"})')
+    def alive_workers(self) -> list[Pod]:
+        return [
+            p for p in self.cluster.ray_pods() if p.role == "worker" and self.cluster.processes[p.name].poll() is None
+        ]
+
+    def watch(self, pod: Pod) -> None:
+        """Scrape a pod that joined after Prometheus started (as the PodMonitor would)."""
+        self.extra_targets.append(f"{pod.ip}:9401")
+
+    def world_sizes_since(self, run: str, since: float, size: int) -> bool:
+        """Whether a worker reported a group of `size` after `since` (Unix time)."""
+        for target in self.extra_targets:  # not in Prometheus' static config: ask the pod
+            try:
+                text = http_get(f"http://{target}/metrics", timeout_seconds=2).decode()
+            except OSError:
+                continue
+            if any(
+                line.startswith("multilabel_world_size{") and f'run="{run}"' in line and float(line.split()[-1]) == size
+                for line in text.splitlines()
+            ):
+                return True
+        data = self.prom.api("query", query=f'multilabel_world_size{{run="{run}"}}[2h]')
+        return any(float(t) > since and float(v) == size for s in data["result"] for t, v in s["values"])
+
+    def rank0_steps(self, run: str) -> float:
+        result = self.prom.query(f'max(multilabel_train_steps_total{{rank="0",run="{run}"}})')
         return float(result[0]["value"][1]) if result else 0.0
 
-    def rank0_step_segments(self) -> list[list[tuple[float, float]]]:
+    def rank0_step_segments(self, run: str) -> list[list[tuple[float, float]]]:
         """Rank 0's step counter, as scraped: one list of (time, value) per worker process."""
-        data = self.prom.api("query", query='multilabel_train_steps_total{rank="0"}[2h]')
+        data = self.prom.api("query", query=f'multilabel_train_steps_total{{rank="0",run="{run}"}}[2h]')
         segments = []
         for series in data["result"]:
             current: list[tuple[float, float]] = []
@@ -173,23 +211,24 @@ def spot(request):
             print(f"pods' files and logs: {workdir}")
 
 
-def _drained_run(spot: SpotCluster, run: str, drain, epochs: int) -> dict:
+def _drained_run(spot: SpotCluster, run: str, drain, epochs: int, *overrides: str) -> dict:
     """Train RUN with max_failures=0; once rank 0 is a third into epoch 2, `drain(pod)` the
     node it runs on, and take the node away when the callable `drain` returned returns.
     Returns the figures."""
-    handle = spot.submit(run, "scaling.max_failures=0", f"training.epochs={epochs}")
+    handle = spot.submit(run, "scaling.max_failures=0", f"training.epochs={epochs}", *overrides)
     deadline = time.monotonic() + 600
     config = None
     while config is None and time.monotonic() < deadline:
+        assert handle["thread"].is_alive() or "code" in handle, "the submission failed"
         config = spot.json(f"runs/{run}/config.json")
         time.sleep(1)
     assert config, "the run never wrote its config.json"
     steps = int(config["steps_per_epoch"])
-    while spot.rank0_steps() < steps + steps // 3:
+    while spot.rank0_steps(run) < steps + steps // 3:
         assert handle["thread"].is_alive(), handle.get("log")
         assert time.monotonic() < deadline, "training did not reach epoch 2"
         time.sleep(0.5)
-    victim = spot.rank0_pod()
+    victim = spot.rank0_pod(run)
     taken_away = drain(victim)
     taken_away()
     spot.cluster.kill_pod(victim)
@@ -197,7 +236,7 @@ def _drained_run(spot: SpotCluster, run: str, drain, epochs: int) -> dict:
     errors = "\n".join(line for line in handle["log"].splitlines() if "error" in line.lower())
     assert handle["status"] == "SUCCEEDED" and handle["code"] == 0, f"{handle['status']}: {errors}\n{handle['log']}"
 
-    segments = spot.rank0_step_segments()
+    segments = spot.rank0_step_segments(run)
     executed = sum(segment[-1][1] for segment in segments)
     history = spot.json(f"runs/{run}/history.json")
     notices = [spot.json(k) for k in spot.keys(f"runs/{run}/preemptions/")]
@@ -254,7 +293,15 @@ def test_a_node_drained_as_preempted_mid_epoch_costs_at_most_one_step(spot):
         # The cloud takes the node at the deadline, whatever Ray did.
         return lambda: time.sleep(max(0.0, drained_at + DEADLINE_SECONDS + 2 - time.time()))
 
-    _check(_drained_run(spot, "drained", ray_drain_node, epochs=4), "ray drain-node")
+    figures = _drained_run(spot, "drained", ray_drain_node, 4)
+    _check(figures, "ray drain-node")
+    # The same run without the drain, on the same cluster: the final val_loss of both.
+    baseline = spot.wait(spot.submit("undisturbed", "scaling.max_failures=0", "training.epochs=4"))
+    assert baseline["status"] == "SUCCEEDED", baseline["log"][-3000:]
+    undisturbed = spot.json("runs/undisturbed/history.json")[-1]["val_loss"]
+    print(f"final val_loss: drained {figures['val_loss']:.4f}, undisturbed {undisturbed:.4f}")
+    # Runs differ by Ray Data's read order: 4-epoch runs here ended between 0.035 and 0.078.
+    assert abs(figures["val_loss"] - undisturbed) <= 0.1
 
 
 def test_the_worker_pods_prestop_hook_turns_a_pod_eviction_into_the_same_preemption(spot):
@@ -276,9 +323,58 @@ def test_the_worker_pods_prestop_hook_turns_a_pod_eviction_into_the_same_preempt
         thread.start()
         return lambda: thread.join(grace + 30)
 
-    # Long enough to outlast the manifest's deadline (75 s) after the notice in epoch 2 (about 6 s an epoch here).
-    figures = _drained_run(spot, "evicted", evict, epochs=24)
+    # The manifest's deadline is 75 s; this run is a few seconds' work from the notice on, so
+    # it saves almost at once (a 70 s margin) and then waits for the restart, as a longer run
+    # would after training on until 10 s before the deadline.
+    figures = _drained_run(spot, "evicted", evict, 4, "checkpoint.preemption_margin_seconds=70")
     print(f"\npreStop hook: exit {outcome['code']} after {outcome['seconds']:.1f} s (grace period {grace:.0f} s)")
     assert outcome["code"] == 0 and outcome["seconds"] < grace, outcome
     assert "workers left" in outcome["log"], outcome["log"]
     _check(figures, "preStop hook")
+
+
+def test_an_elastic_run_shrinks_on_a_lost_node_and_grows_back_on_a_new_one(spot):
+    """num_workers [1, 2]: SIGKILL one of the two worker nodes mid-epoch, so no other node can
+    take its worker; the run goes on with one worker from its latest (step) checkpoint. A new
+    node then joins and the group grows back to 2 at the next resize check. The driver and
+    Ray Train's controller live on the head and survive the lost node."""
+    for extra in spot.alive_workers()[2:]:  # exactly two worker nodes
+        spot.cluster.kill_pod(extra)
+    spot.wait_for_ray_nodes(3)  # the head and two workers: the killed nodes are marked dead
+    run = "elastic"
+    handle = spot.submit(
+        run,
+        "scaling.num_workers=[1,2]",
+        "scaling.max_failures=1",
+        "scaling.resize_check_seconds=10",
+        "checkpoint.every_steps=5",
+        "training.epochs=20",
+    )
+    deadline = time.monotonic() + 600
+    while spot.rank0_steps(run) < 30:
+        assert handle["thread"].is_alive(), handle.get("log")
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.5)
+    lost = spot.rank0_pod(run)
+    spot.cluster.kill_pod(lost)
+    killed_at = time.time()
+    # One worker on the one node left, then a new node: the group must grow back to two.
+    while not spot.world_sizes_since(run, killed_at, 1):
+        assert handle["thread"].is_alive(), handle.get("log")
+        assert time.monotonic() < deadline, "the group did not go on with one worker"
+        time.sleep(1)
+    shrunk_at = time.time()
+    new = spot.cluster.add_worker()
+    spot.watch(new)
+    while not spot.world_sizes_since(run, shrunk_at, 2):
+        assert handle["thread"].is_alive(), "the run ended before the group grew back (more epochs)"
+        assert time.monotonic() < deadline + 300, "the group did not grow back to two workers"
+        time.sleep(1)
+    grown_after = time.time() - shrunk_at
+    spot.wait(handle)
+    assert handle["status"] == "SUCCEEDED" and handle["code"] == 0, handle["log"][-4000:]
+    history = spot.json(f"runs/{run}/history.json")
+    assert [row["epoch"] for row in history] == list(range(1, 21))
+    log = handle["log"]
+    assert "1 worker(s) instead of 2" in log and "resuming from" in log, log[-4000:]
+    print(f"\nelastic: shrank to 1 worker after the node loss, back to 2 {grown_after:.0f} s after a node joined")

@@ -62,3 +62,10 @@ def test_gives_up_after_the_timeout_with_the_numbers():
     message = str(err.value)
     assert "1 CPU; 1 CPU" in message and "scaling.resources_timeout_seconds" in message
     assert now[0] == pytest.approx(30.0)
+
+
+def test_a_worker_node_resource_keeps_two_workers_off_one_node():
+    s = _scaling(worker_node_resource="multilabel_worker")
+    one_node = [HEAD, {"CPU": 4.0, "multilabel_worker": 1.0}]
+    assert "only 1 of 2 training workers fit" in shortfall(one_node, s)
+    assert shortfall(one_node + [{"CPU": 2.0, "multilabel_worker": 1.0}], s) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 
@@ -387,3 +388,30 @@ def test_every_field_has_help_text():
 
     missing = [key for key, text in walk(Config) if not text]
     assert missing == []
+
+
+def test_an_elastic_worker_range_is_min_and_max_workers():
+    cfg = load_config(None, ["scaling.num_workers=[1,4]"])
+    assert (cfg.scaling.min_workers, cfg.scaling.num_workers) == (1, 4)
+    # The resolved config (config.json) loads back to the same range.
+    assert config_from_dict(config_to_dict(cfg)).scaling == cfg.scaling
+    assert load_config(None, ["scaling.num_workers=3"]).scaling.min_workers == 0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("scaling.num_workers=[3,2]", "1 <= min <= max"),
+        ("scaling.num_workers=[0,2]", "1 <= min <= max"),
+        ("scaling.num_workers=[1,2,3]", "integer or [min, max]"),
+        ("scaling.num_workers=[1.5,2]", "integer or [min, max]"),
+    ],
+)
+def test_a_bad_worker_range_is_refused_by_name(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_min_workers_above_num_workers_is_refused():
+    with pytest.raises(ConfigError, match="min_workers"):
+        load_config(None, ["scaling.min_workers=3", "scaling.num_workers=2"])
