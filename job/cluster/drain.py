@@ -31,6 +31,7 @@ from job.errors import UserError
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+CONNECT_TIMEOUT_SECONDS = 5.0
 SLACK_SECONDS = 10.0
 HELD_RESOURCES = ("CPU", "GPU")
 
@@ -46,6 +47,7 @@ def drain_own_node(deadline_seconds: float, reason: str, address: str | None = N
     if not address:
         raise UserError("No Ray cluster to drain: set RAY_ADDRESS (KubeRay sets it in every Ray container).")
     ip = own_address_towards(address)
+    check_reachable(address)
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     mine = [n for n in ray.nodes() if n.get("Alive") and n.get("NodeManagerAddress") == ip]
     if not mine:
@@ -65,15 +67,30 @@ def drain_own_node(deadline_seconds: float, reason: str, address: str | None = N
     return node_id
 
 
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else (address, 6379)
+
+
+def check_reachable(address: str, timeout_seconds: float = CONNECT_TIMEOUT_SECONDS) -> None:
+    """Fail fast when the Ray head does not answer: ray.init would retry for minutes."""
+    try:
+        socket.create_connection(_host_port(address), timeout=timeout_seconds).close()
+    except OSError as exc:
+        raise UserError(
+            f"Cannot reach the Ray head at {address} ({exc}). Check RAY_ADDRESS; in a pod, KubeRay sets it "
+            "to the head Service."
+        ) from None
+
+
 def own_address_towards(address: str) -> str:
     """This machine's IP on the route to the Ray head (the pod IP, in a pod).
 
     Asked from the kernel, not from Ray: a driver started in a worker pod may attach to
     another node's raylet, and `ray.util.get_node_ip_address()` then names that node.
     """
-    host, _, port = address.rpartition(":") if ":" in address else (address, "", "6379")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((host or address, int(port or 6379)))  # UDP: no packet is sent
+        probe.connect(_host_port(address))  # UDP: no packet is sent
         return probe.getsockname()[0]
 
 
