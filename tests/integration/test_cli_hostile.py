@@ -71,6 +71,7 @@ CASES = [
     ("export", ["--run", "{tmp}/nope", "--out", "{tmp}/model"], ["{tmp}/nope"]),
     ("predict", ["--model", "{tmp}/nope", "{tmp}/x.jpg"], ["{tmp}/nope"]),
     ("predict", ["--model", "{tmp}/nope", "{tmp}/x.jpg", "--batch-size", "0"], ["--batch-size"]),
+    ("drain", ["--deadline-seconds", "0"], ["--deadline-seconds"]),
 ]
 
 
