@@ -46,8 +46,8 @@ def drain_own_node(deadline_seconds: float, reason: str, address: str | None = N
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise UserError("No Ray cluster to drain: set RAY_ADDRESS (KubeRay sets it in every Ray container).")
+    check_reachable(address)  # first: it turns a bad or unresolvable address into one error line
     ip = own_address_towards(address)
-    check_reachable(address)
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     mine = [n for n in ray.nodes() if n.get("Alive") and n.get("NodeManagerAddress") == ip]
     if not mine:

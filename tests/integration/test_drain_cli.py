@@ -21,7 +21,11 @@ def test_no_ray_address_is_named():
     assert_clean_error(run_cli("drain", "--deadline-seconds", "30", env=_env(), timeout=60), "RAY_ADDRESS")
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:1", "192.0.2.1:6379"], ids=["refused", "unroutable"])
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1:1", "192.0.2.1:6379", "no-such-host.invalid:6379"],
+    ids=["refused", "unroutable", "unresolvable"],
+)
 def test_an_unreachable_head_fails_in_seconds(address):
     # The connect timeout is 5 s; ray.init alone would retry for minutes. The test's own
     # timeout (60 s) is the "never hangs" bound.
