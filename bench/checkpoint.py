@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 
@@ -185,42 +184,6 @@ def _in_process_s3():
     return use_embedded_s3("bench")
 
 
-class separate_s3:
-    """The embedded S3 server in a child process; this process points at it (stop() ends it)."""
-
-    def __init__(self):
-        import subprocess
-        import sys
-
-        import boto3
-
-        from job.storage import client
-
-        with socket.socket() as probe:  # a free port for the child to bind
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        code = f"from job.storage import embedded; import time; embedded.start(port={port}); time.sleep(1e9)"
-        self.process = subprocess.Popen([sys.executable, "-c", code])
-        os.environ.update(
-            S3_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-            AWS_ACCESS_KEY_ID="embedded",
-            AWS_SECRET_ACCESS_KEY="embedded",
-            AWS_REGION="us-east-1",
-        )
-        s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"], region_name="us-east-1")
-        for _ in range(100):
-            try:
-                s3.create_bucket(Bucket="bench")
-                break
-            except Exception:
-                time.sleep(0.2)
-        client.reset_clients()  # clients made before now point at no server
-
-    def stop(self):
-        self.process.kill()
-        self.process.wait()
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workdir", required=True)
@@ -239,7 +202,7 @@ def main() -> None:
     args = p.parse_args()
     common.quiet_logs()
 
-    server = separate_s3() if args.separate_s3 else _in_process_s3()
+    server = common.SeparateS3() if args.separate_s3 else _in_process_s3()
     try:
         out = {
             name: measure(name, args.workdir, args.batch_size, args.warmup_steps, args.steps, args.saves)

@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,26 @@ def interleaved(measures: dict[str, Callable[[], float]], repeats: int) -> dict[
         for name, measure in measures.items():
             out[name].append(measure())
     return out
+
+
+def pair_ratio(numerators: list[float], denominators: list[float], digits: int = 3) -> dict[str, Any]:
+    """A ratio measured pair by pair: window i of A over window i of B, taken back to back.
+
+    Load from other processes on a shared machine moves both windows of a pair alike, so the
+    per-pair ratios hold still where the absolute figures do not. Reported: the median of the
+    per-pair ratios, their spread (interquartile range; min and max too) and every pair.
+    """
+    pairs = [a / b for a, b in zip(numerators, denominators) if a and b]
+    if not pairs:
+        return {"median": None, "spread": None, "min": None, "max": None, "pairs": []}
+    quartiles = statistics.quantiles(pairs, n=4, method="inclusive") if len(pairs) > 1 else [pairs[0]] * 3
+    return {
+        "median": round(median(pairs), digits),
+        "spread": round(quartiles[2] - quartiles[0], digits),
+        "min": round(min(pairs), digits),
+        "max": round(max(pairs), digits),
+        "pairs": [round(r, digits) for r in pairs],
+    }
 
 
 def peak_rss_bytes() -> int:
@@ -102,6 +123,46 @@ def quiet_logs() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for name in ("ray", "tensorflow", "absl", "botocore", "urllib3", "werkzeug", "job"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------- S3
+
+
+class SeparateS3:
+    """The embedded S3 server in a child process; this process points at it (stop() ends it).
+
+    As a remote S3 would be: its request handling does not share this process's interpreter
+    lock or its tf.data threads. Child processes started afterwards (Ray) inherit the endpoint.
+    """
+
+    def __init__(self, bucket: str = "bench"):
+        import boto3
+
+        from job.storage import client
+
+        with socket.socket() as probe:  # a free port for the child to bind
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        code = f"from job.storage import embedded; import time; embedded.start(port={port}); time.sleep(1e9)"
+        self.process = subprocess.Popen([sys.executable, "-c", code])
+        os.environ.update(
+            S3_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+            AWS_ACCESS_KEY_ID="embedded",
+            AWS_SECRET_ACCESS_KEY="embedded",
+            AWS_REGION="us-east-1",
+        )
+        s3 = boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"], region_name="us-east-1")
+        for _ in range(100):
+            try:
+                s3.create_bucket(Bucket=bucket)
+                break
+            except Exception:
+                time.sleep(0.2)
+        client.reset_clients()  # clients made before now point at no server
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
 
 
 # ---------------------------------------------------------------------------- sections

@@ -34,6 +34,7 @@ def ensure_datasets(workdir: str, num_images: int, image_size: int, seed: int = 
                 fmt=fmt,
                 num_shards=4,
                 progress=False,
+                overwrite=True,  # a set made with other parameters (a --quick run) is replaced
             )
         roots[fmt] = root
     return roots

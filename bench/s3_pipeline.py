@@ -1,17 +1,18 @@
-"""S3 input throughput, the way a Ray Train worker sees it.
+"""S3 input throughput of both ingest paths, the way a Ray Train worker sees it.
 
 The embedded S3 server holds both shard sets. A local Ray (1 worker CPU + 1 CPU for Ray
-Data, as `driver.connect` sizes it) runs a 1-worker `TensorflowTrainer` whose train
-function builds exactly what `worker.worker_entry` builds:
-`datasets.ray_dataset` (Ray Data over pyarrow's S3 filesystem) -> `get_dataset_shard` ->
-`iter_batches(HANDOVER_BATCH_ROWS, numpy, prefetch_batches=2)` -> `pipeline.ReleasableBatches` ->
-`pipeline.examples_from_batches` -> `pipeline.make_pipeline(training=True, repeat=True)`,
-and times batches taken from it, with no model. A trainer (rather than `ds.iterator()` in a
-Ray task) is used because that is the only place training reads: same worker process
-setup (Ray's CPU reservation, env vars, streaming split), same hand-over.
-
-Both formats are read by the one worker, window by window in turn; the worker also times
-the local TFRecord pipeline (`examples_from_shards`) in its own process as a reference.
+Data, as `driver.connect` sizes it for `data.ingest: ray_data`) runs a 1-worker
+`TensorflowTrainer` whose train function builds exactly what `worker.worker_entry` builds,
+for each path and format, and times batches taken from it, with no model:
+- ray_data_<fmt>: `datasets.ray_dataset` (Ray Data over pyarrow's S3 filesystem) ->
+  `get_dataset_shard` -> `worker.ray_data_sources` (iter_batches -> ReleasableBatches ->
+  examples_from_batches) -> `pipeline.make_pipeline(training=True, repeat=True)`;
+- direct_<fmt>: `pipeline.ShardFiles(s3 uri, ...).train()` (this worker's part of the shard
+  files, fetched from S3 with read-ahead) -> the same `make_pipeline`;
+- local_<fmt>: `ShardFiles` over the local copy of the shards, in the same worker: the
+  reference every S3 figure is divided by, window pair by window pair.
+A trainer (rather than a Ray task) is used because that is the only place training reads:
+same worker process setup (Ray's CPU reservation, env vars, streaming split), same hand-over.
 
     python -m bench.s3_pipeline --workdir /tmp/bench --result out.json
 """
@@ -32,40 +33,33 @@ def measure_in_worker(config: dict) -> None:
     import ray.train
 
     from bench import common as c
+    from bench.data import FORMATS
     from job.cluster import worker
     from job.config import DataConfig
     from job.data import pipeline, shards
 
     cfg = DataConfig(image_size=config["image_size"], batch_size_per_worker=config["batch_size"])
+    b = config["batch_size"]
 
-    sources = []
-
-    def from_shard(name: str):
-        shard = ray.train.get_dataset_shard(name)
-        source = pipeline.ReleasableBatches(
-            lambda: shard.iter_batches(batch_size=worker.HANDOVER_BATCH_ROWS, batch_format="numpy", prefetch_batches=2)
-        )
-        sources.append(source)
-        examples = pipeline.examples_from_batches(source, config["num_classes"])
+    def chain(examples):
         return pipeline.make_pipeline(
-            examples, cfg, training=True, batch_size=config["batch_size"], seed=0, repeat=True, drop_remainder=True
+            examples, cfg, training=True, batch_size=b, seed=0, repeat=True, drop_remainder=True
         )
 
-    local_root = config["local_tfrecord_root"]
-    local = pipeline.make_pipeline(
-        pipeline.examples_from_shards(local_root, shards.load_manifest(local_root), "train", shuffle_shards=True),
-        cfg,
-        training=True,
-        batch_size=config["batch_size"],
-        seed=0,
-        repeat=True,
-        drop_remainder=True,
-    )
-    iterators = {
-        "s3_tfrecord": iter(from_shard("tfrecord")),
-        "s3_parquet": iter(from_shard("parquet")),
-        "worker_local_tfrecord": iter(local),
-    }
+    iterators, releases = {}, []
+    for fmt in FORMATS:
+        # worker.ray_data_sources reads the "train" and "val" shards; here each format is a "train".
+        shard = ray.train.get_dataset_shard(fmt)
+        source = pipeline.ReleasableBatches(
+            lambda shard=shard: shard.iter_batches(
+                batch_size=worker.HANDOVER_BATCH_ROWS, batch_format="numpy", prefetch_batches=2
+            )
+        )
+        releases.append(source.release)
+        iterators[f"ray_data_{fmt}"] = iter(chain(pipeline.examples_from_batches(source, config["num_classes"])))
+        for where, root in (("direct", config["s3_roots"][fmt]), ("local", config["local_roots"][fmt])):
+            files = pipeline.ShardFiles(root, shards.load_manifest(root), seed=0)
+            iterators[f"{where}_{fmt}"] = iter(chain(files.train()))
     w, n, b = config["warmup_batches"], config["batches"], config["batch_size"]
     for it in iterators.values():
         c.time_batches(it, w, n // 2, b)
@@ -75,8 +69,8 @@ def measure_in_worker(config: dict) -> None:
     # Train V2 keeps metrics only with checkpoints; the worker shares this node, so a file will do.
     with open(config["out_path"], "w") as fh:
         json.dump({"runs": runs, "worker_peak_rss_bytes": c.peak_rss_bytes()}, fh)
-    for source in sources:  # as train_worker does: the repeating iterators are dropped mid-pass
-        source.release()
+    for release in releases:  # as train_worker does: the repeating iterators are dropped mid-pass
+        release()
     ray.train.report({"done": 1})
 
 
@@ -120,7 +114,8 @@ def main() -> None:
                 "warmup_batches": args.warmup_batches,
                 "batches": args.batches,
                 "repeats": args.repeats,
-                "local_tfrecord_root": os.path.abspath(dataset_dir(args.workdir, "tfrecord")),
+                "local_roots": {fmt: os.path.abspath(dataset_dir(args.workdir, fmt)) for fmt in FORMATS},
+                "s3_roots": uris,
                 "out_path": out_path,
             },
             scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
@@ -141,11 +136,17 @@ def main() -> None:
             {
                 "images_per_second": {k: common.median(v) for k, v in runs.items()},
                 "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+                "ratios": {
+                    f"{path}_{fmt}_over_local": common.pair_ratio(runs[f"{path}_{fmt}"], runs[f"local_{fmt}"])
+                    for path in ("direct", "ray_data")
+                    for fmt in FORMATS
+                },
                 "worker_peak_rss_bytes": worker["worker_peak_rss_bytes"],
                 "upload_seconds": round(upload_seconds, 2),
                 "trainer_fit_seconds": round(fit_seconds, 1),
-                "how": "1-worker TensorflowTrainer, get_dataset_shard -> iter_batches -> examples_from_batches -> "
-                "make_pipeline(training=True); ray.init(num_cpus=2): 1 worker CPU + 1 for Ray Data",
+                "how": "1-worker TensorflowTrainer; ray_data: get_dataset_shard -> iter_batches -> "
+                "examples_from_batches, direct: ShardFiles over s3://; both -> make_pipeline(training=True); "
+                "ray.init(num_cpus=2): 1 worker CPU + 1 for Ray Data",
             },
         )
     finally:

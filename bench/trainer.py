@@ -23,7 +23,7 @@ import time
 from bench import common
 
 
-def make_config(image_size: int, epochs: int, num_workers: int):
+def make_config(image_size: int, epochs: int, num_workers: int, ingest: str = "direct"):
     from job.config import load_config
 
     return load_config(
@@ -32,6 +32,7 @@ def make_config(image_size: int, epochs: int, num_workers: int):
             f"data.image_size={image_size}",
             f"training.epochs={epochs}",
             f"scaling.num_workers={num_workers}",
+            f"data.ingest={ingest}",
             "telemetry.enabled=false",
             "training.early_stopping_patience_epochs=0",
             "training.reduce_lr_patience_epochs=0",
@@ -40,7 +41,6 @@ def make_config(image_size: int, epochs: int, num_workers: int):
 
 
 def run_plain(data_uri: str, output_uri: str, image_size: int, epochs: int) -> dict:
-    from job.data import pipeline
     from job.launch.local import LocalReporter
     from job.launch.plan import plan_run
     from job.telemetry import WorkerTelemetry
@@ -48,27 +48,27 @@ def run_plain(data_uri: str, output_uri: str, image_size: int, epochs: int) -> d
 
     cfg = make_config(image_size, epochs, 1)
     plan = plan_run(cfg, data_uri, output_uri, None, num_workers=1)
+    worker_plan = plan.for_workers()
+    source = loop.shard_files(data_uri, plan.manifest, cfg, worker_plan, loop.WorkerInfo())
     start = time.perf_counter()
     history = loop.train_worker(
         cfg,
-        plan.for_workers(),
+        worker_plan,
         loop.WorkerInfo(),
-        train_examples=lambda: pipeline.examples_from_shards(
-            data_uri, plan.manifest, "train", shuffle_shards=True, seed=cfg.training.seed
-        ),
-        val_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "val"),
+        train_examples=source.train,
+        val_examples=source.val,
         reporter=LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
         telemetry=WorkerTelemetry(plan.run_name, 0, None, enabled=False),
     )
     return _summary(time.perf_counter() - start, history, plan)
 
 
-def run_ray(data_uri: str, output_uri: str, image_size: int, epochs: int, num_workers: int) -> dict:
+def run_ray(data_uri: str, output_uri: str, image_size: int, epochs: int, num_workers: int, ingest: str) -> dict:
     from job.cluster import driver
     from job.launch.plan import plan_run
     from job.telemetry import DriverTelemetry
 
-    cfg = make_config(image_size, epochs, num_workers)
+    cfg = make_config(image_size, epochs, num_workers, ingest)
     plan = plan_run(cfg, data_uri, output_uri, None, num_workers=num_workers)
     start = time.perf_counter()
     history = driver._fit(cfg, plan, DriverTelemetry(plan.run_name, None, enabled=False))
@@ -91,10 +91,28 @@ def _summary(wall: float, history: list[dict], plan) -> dict:
     }
 
 
+RUNS = ("plain", "ray1", "ray1_ray_data", "ray2", "ray2_ray_data")
+
+
+def run(name: str, data_uri: str, workdir: str, image_size: int, epochs: int) -> dict:
+    """One run by name: plain, or rayN[_ray_data] (N workers, the direct or the Ray Data ingest path)."""
+    output_uri = os.path.join(os.path.abspath(workdir), "runs", f"{name}-{int(time.time() * 1000)}")
+    if name == "plain":
+        return run_plain(data_uri, output_uri, image_size, epochs)
+    workers, _, path = name[3:].partition("_")
+    return run_ray(data_uri, output_uri, image_size, epochs, int(workers), path or "direct")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workdir", required=True)
-    p.add_argument("--runs", default="plain,ray1", help="Comma list of plain, ray1, ray2.")
+    p.add_argument("--runs", default="plain,ray1", help=f"Comma list of {', '.join(RUNS)}.")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="Run the list this many times in turn (ABAB...): each round's runs form a pair for the ratios.",
+    )
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--result", required=True)
@@ -103,18 +121,36 @@ def main() -> None:
 
     from bench.data import dataset_dir
 
+    names = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = set(names) - set(RUNS)
+    if unknown:
+        raise SystemExit(f"unknown run(s) {sorted(unknown)}; choose from {', '.join(RUNS)}")
     data_uri = os.path.abspath(dataset_dir(args.workdir, "tfrecord"))
-    out = {}
-    for name in [r.strip() for r in args.runs.split(",") if r.strip()]:
-        output_uri = os.path.join(os.path.abspath(args.workdir), "runs", f"{name}-{int(time.time() * 1000)}")
-        if name == "plain":
-            out[name] = run_plain(data_uri, output_uri, args.image_size, args.epochs)
-        elif name.startswith("ray"):
-            out[name] = run_ray(data_uri, output_uri, args.image_size, args.epochs, int(name[3:]))
-        else:
-            raise SystemExit(f"unknown run {name!r}")
-        out[name]["load_average"] = common.load_average()
-    common.write_result(args.result, {"runs": out, "image_size": args.image_size, "epochs": args.epochs})
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(args.rounds):
+        for name in names:
+            summary = run(name, data_uri, args.workdir, args.image_size, args.epochs)
+            summary["load_average"] = common.load_average()
+            rounds[name].append(summary)
+    out = {
+        name: dict(
+            runs[-1],
+            median_epoch_seconds=round(common.median([r["median_epoch_seconds"] for r in runs]), 2),
+            round_epoch_seconds=[r["median_epoch_seconds"] for r in runs],
+        )
+        for name, runs in rounds.items()
+    }
+    ratios = {
+        f"{name}_over_plain": common.pair_ratio(
+            [r["median_epoch_seconds"] for r in rounds[name]], [r["median_epoch_seconds"] for r in rounds["plain"]]
+        )
+        for name in names
+        if name != "plain" and "plain" in rounds
+    }
+    common.write_result(
+        args.result,
+        {"runs": out, "ratios": ratios, "rounds": args.rounds, "image_size": args.image_size, "epochs": args.epochs},
+    )
 
 
 if __name__ == "__main__":

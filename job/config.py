@@ -52,6 +52,8 @@ SCHEDULES = ("plateau", "constant", "cosine")
 # Ray placement group strategies for the worker group (ray.train.ScalingConfig.placement_strategy).
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 LOSSES = ("bce", "asymmetric")
+# How a Ray run's workers get their training examples (docs/performance.md, "Ingest paths").
+INGEST_PATHS = ("direct", "ray_data")
 BACKBONES = (
     "small_vgg",
     "small_cnn",
@@ -160,6 +162,13 @@ class DataConfig:
         f"({', '.join(AUGMENT_OPS)}); [] or none for no augmentation. docs/data.md says which "
         "ops keep which labels.",
         parse=lambda key, value: parse_augment_policy(key, value),
+    )
+    ingest: str = setting(
+        "direct",
+        "How Ray Train workers read the data set: direct (each worker streams its own share of "
+        "the shard files from storage and decodes on its own CPUs) or ray_data (Ray Data reads "
+        "and splits, possibly on other nodes). Single-process runs always read directly.",
+        choices=INGEST_PATHS,
     )
     cache_validation: bool = setting(True, "Keep the val split's encoded images in memory after the first epoch.")
     verify_checksums: bool = setting(True, "Check every shard's size and sha256 against dataset.json before training.")
@@ -278,7 +287,10 @@ class ScalingConfig:
     gpus_per_worker: float = setting(1.0, "GPUs per worker when use_gpu is on.", min=0.0, max=16.0)
     cpus_per_worker: float = setting(1.0, "Logical CPUs per worker.", min=0.0, max=1024.0)
     data_cpus: float = setting(
-        1.0, "Logical CPUs kept free for Ray Data read tasks on a local Ray.", min=0.5, max=1024.0
+        1.0,
+        "Logical CPUs kept free for Ray Data read tasks on a local Ray (data.ingest: ray_data).",
+        min=0.5,
+        max=1024.0,
     )
     max_failures: int = setting(1, "Worker-group restarts Ray Train may make before the run fails.", min=0, max=1000)
     max_preemption_failures: int = setting(

@@ -63,13 +63,15 @@ def connect(cfg: Config) -> None:
         wait_until_workers_fit(needed, _alive_node_resources, _request_resources)
         return
     s = cfg.scaling
-    num_cpus = s.num_workers * s.cpus_per_worker + s.data_cpus
+    # The direct ingest path decodes in the training workers' own CPUs; only Ray Data needs more.
+    data_cpus = s.data_cpus if cfg.data.ingest == "ray_data" else 0
+    num_cpus = s.num_workers * s.cpus_per_worker + data_cpus
     log.info(
         "starting a local Ray with %g logical CPUs (%d workers x %g + %g for data)",
         num_cpus,
         s.num_workers,
         s.cpus_per_worker,
-        s.data_cpus,
+        data_cpus,
     )
     ray.init(
         num_cpus=max(1, int(round(num_cpus + 0.499))),
@@ -239,7 +241,10 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
     s = cfg.scaling
     connect(cfg)
     quiet_ray_data()
-    datasets = {split: ray_dataset(plan.data_uri, plan.manifest, split) for split in ("train", "val")}
+    ray_data = cfg.data.ingest == "ray_data"
+    datasets = (
+        {split: ray_dataset(plan.data_uri, plan.manifest, split) for split in ("train", "val")} if ray_data else None
+    )
     fs, runs_root = storage.arrow_filesystem(storage.parent(plan.run_uri))
     # The workers' metrics address is decided here, where it is known whether Ray is this
     # machine's own (loopback) or a cluster joined through RAY_ADDRESS (all interfaces); a
@@ -251,6 +256,9 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
         train_loop_config={
             "config": config_to_dict(worker_cfg),
             "plan": dataclasses.asdict(plan.for_workers()),
+            # The direct ingest path: each worker reads its part of these shards itself.
+            "data_uri": plan.data_uri,
+            "manifest": plan.manifest.to_json(),
         },
         scaling_config=ScalingConfig(
             # Elastic: Ray Train starts with what fits (at least min_workers) and grows the group
@@ -279,11 +287,17 @@ def _fit(cfg: Config, plan: RunPlan, telemetry: DriverTelemetry) -> list[dict]:
         ),
         datasets=datasets,
         # Only train is split across workers; every worker validates on the whole val split,
-        # so validation metrics are exact and identical on every rank.
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # so validation metrics are exact and identical on every rank (both ingest paths).
+        dataset_config=DataConfig(datasets_to_split=["train"]) if ray_data else None,
     )
     workers = f"{s.min_workers} to {s.num_workers}" if s.min_workers else str(s.num_workers)
-    log.info("training %s with %s worker(s), global batch %d", plan.run_name, workers, plan.global_batch_size)
+    log.info(
+        "training %s with %s worker(s), global batch %d, ingest %s",
+        plan.run_name,
+        workers,
+        plan.global_batch_size,
+        cfg.data.ingest,
+    )
     try:
         with _RestartWatcher(plan.run_uri, telemetry):
             result = trainer.fit()

@@ -1,8 +1,9 @@
 """The worker side of a Ray run: the function every Ray Train worker runs.
 
-A thin shim: read rank and world size from Ray Train, wire this worker's Ray Data shard into
-tf.data, and call `training.loop.train_worker` with a reporter that hands metrics and rank
-0's checkpoint to `ray.train.report`.
+A thin shim: read rank and world size from Ray Train, wire this worker's input into tf.data
+(its own part of the shard files, or its Ray Data shard: `data.ingest`), and call
+`training.loop.train_worker` with a reporter that hands metrics and rank 0's checkpoint to
+`ray.train.report`.
 """
 
 from __future__ import annotations
@@ -103,11 +104,39 @@ class RayPreemptionNotices:
         return bool(ray.train.collective.broadcast_from_rank_zero(decision))
 
 
+def ray_data_sources(num_classes: int):
+    """(train factory, val factory, release) over this worker's Ray Data shards (`data.ingest: ray_data`)."""
+    from job.data import pipeline
+
+    sources = []
+
+    def from_shard(name: str):
+        shard = ray.train.get_dataset_shard(name)
+        source = pipeline.ReleasableBatches(
+            lambda: shard.iter_batches(batch_size=HANDOVER_BATCH_ROWS, batch_format="numpy", prefetch_batches=2)
+        )
+        sources.append(source)
+        return source
+
+    train, val = from_shard("train"), from_shard("val")
+
+    def release() -> None:
+        for source in sources:
+            source.release()
+
+    # Ray Data decides what each epoch holds; the first epoch's number is not needed.
+    return (
+        lambda _first_epoch: pipeline.examples_from_batches(train, num_classes),
+        lambda: pipeline.examples_from_batches(val, num_classes),
+        release,
+    )
+
+
 def worker_entry(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function: unpack, wire Ray Data into tf.data, train."""
+    """Ray Train's per-worker function: unpack, wire the input (direct or Ray Data) into tf.data, train."""
     # Imported here, in the worker: Ray Train's controller unpickles this function, and it
     # must not load TensorFlow for nothing.
-    from job.data import pipeline
+    from job.data import shards
     from job.training import loop
 
     ctx = ray.train.get_context()
@@ -130,19 +159,13 @@ def worker_entry(config: dict[str, Any]) -> None:
     if info.rank == 0:
         RunStore(plan.run_uri).record_attempt()
 
-    sources = []
-
-    def from_shard(name: str):
-        shard = ray.train.get_dataset_shard(name)
-        source = pipeline.ReleasableBatches(
-            lambda: shard.iter_batches(batch_size=HANDOVER_BATCH_ROWS, batch_format="numpy", prefetch_batches=2)
-        )
-        sources.append(source)
-        return lambda: pipeline.examples_from_batches(source, num_classes)
-
-    def release_inputs() -> None:
-        for source in sources:
-            source.release()
+    if cfg.data.ingest == "direct":
+        # This worker streams its own part of the shard files from storage.
+        manifest = shards.Manifest.from_json(config["manifest"], "the run's dataset.json")
+        files = loop.shard_files(config["data_uri"], manifest, cfg, plan, info)
+        train_examples, val_examples, release_inputs = files.train, files.val, None
+    else:
+        train_examples, val_examples, release_inputs = ray_data_sources(num_classes)
 
     telemetry = WorkerTelemetry(
         plan.run_name,
@@ -168,8 +191,8 @@ def worker_entry(config: dict[str, Any]) -> None:
             cfg,
             plan,
             info,
-            from_shard("train"),
-            from_shard("val"),
+            train_examples,
+            val_examples,
             RayReporter(telemetry),
             telemetry,
             release_inputs=release_inputs,

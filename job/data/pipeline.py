@@ -1,9 +1,11 @@
 """tf.data input pipelines: shard reading, decode, resize, augment, batch, prefetch.
 
 Two sources feed the same chain:
-- `examples_from_shards`: a data set's shards on a local path or s3:// (single-process runs,
-  evaluation), one shard in memory at a time;
-- `examples_from_batches`: column batches handed over by Ray Data (`get_dataset_shard`).
+- `examples_from_shards` (`ShardFiles`): a data set's shard files on a local path or s3://,
+  this rank's part of them (`assignment.rank_segments`), the next file read ahead: single-
+  process runs, evaluation, and Ray workers on the direct ingest path (`data.ingest: direct`);
+- `examples_from_batches`: column batches handed over by Ray Data (`get_dataset_shard`), on
+  the `ray_data` ingest path.
 Both yield (encoded image bytes, float32 multi-hot labels); `make_pipeline` does the rest.
 
 An image above `data.max_pixels` (width x height, read from its header in the graph by
@@ -14,6 +16,8 @@ exported model, predict) refuses it with an InvalidArgumentError instead.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -21,13 +25,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
 from job import storage
 from job.config import DataConfig
-from job.data import shards
+from job.data import assignment, shards
 from job.data.augment import augment_image
 from job.data.image_limits import format_pixels
 from job.storage import scratch
@@ -35,8 +40,9 @@ from job.storage import scratch
 log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-# Encoded examples read ahead of the decode stage (~KB each: a few MB at most for JPEGs).
-SHARD_PREFETCH_EXAMPLES = 256
+# Shard files fetched and parsed ahead of the one being decoded (each held whole in memory
+# while in flight: prepare's shards are tens of MB at most).
+READ_AHEAD_SHARDS = 2
 
 
 # ---------------------------------------------------------------------------- sources
@@ -73,6 +79,16 @@ def _parse_shard_careful(data: bytes, uri: str, fmt: str, num_classes: int) -> t
     return images, labels
 
 
+def _quiet_deprecation():
+    """tf_record_iterator is deprecated in favour of TFRecordDataset, which is far slower here."""
+    try:
+        from tensorflow.python.util import deprecation
+
+        return deprecation.silence()
+    except (ImportError, AttributeError):  # a TensorFlow without it: the warning shows once
+        return contextlib.nullcontext()
+
+
 def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised parse; raises on anything unusual (the caller then takes the careful path)."""
     if fmt == "tfrecord":
@@ -83,8 +99,11 @@ def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tupl
             path = os.path.join(tmp, "shard.tfrecord")
             with open(path, "wb") as fh:
                 fh.write(data)
-            # One batch holding every record: the CRCs are checked in C++, in one call.
-            raw = next(iter(tf.data.TFRecordDataset(path).batch(max(count, 1)))) if count else tf.zeros([0], tf.string)
+            # TensorFlow's C++ record reader checks every CRC. (Not a TFRecordDataset: building
+            # and iterating one eagerly costs ~11 ms per shard, 20 times this reader.)
+            with _quiet_deprecation():
+                records = list(tf.compat.v1.io.tf_record_iterator(path))
+        raw = tf.constant(records, tf.string) if records else tf.zeros([0], tf.string)
         if int(raw.shape[0]) != count:
             raise ValueError("record count differs from the framing")
         parsed = tf.io.parse_example(
@@ -105,30 +124,105 @@ def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tupl
 
 
 def examples_from_shards(
-    root: str, manifest: shards.Manifest, split: str, *, shuffle_shards: bool = False, seed: int = 0
+    root: str,
+    manifest: shards.Manifest,
+    split: str,
+    *,
+    shuffle_shards: bool = False,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    first_epoch: int = 0,
+    examples_per_pass: int | None = None,
 ) -> tf.data.Dataset:
-    """(image bytes, labels) for every example of `split`, reading one shard at a time."""
-    uris = manifest.shard_uris(root, split)
-    if not uris:
+    """(image bytes, labels) of `split`, read straight from its shard files (local or s3://).
+
+    One pass of the dataset is one epoch of this rank's part (`assignment.rank_segments`):
+    every example once for a single worker, `total // world_size` examples for each rank of
+    a group. With `shuffle_shards` the file order, and so each rank's part, is drawn anew at
+    every pass (from `seed` and the epoch, `first_epoch` for the first pass), so `.repeat()`
+    gives a new assignment each epoch. This is the direct ingest path of a Ray run, and the
+    only path of single-process runs and evaluation.
+
+    `examples_per_pass` (training: steps per epoch x batch) ends each pass there, so pass k is
+    exactly training epoch k and a run resumed at epoch k reads epoch k's part again.
+
+    Read-ahead: the next shard file is fetched and parsed while the examples of the current
+    one are decoded (READ_AHEAD_SHARDS files in flight), so the decode threads never wait for
+    a whole GET + parse at a shard boundary.
+    """
+    listed = manifest.splits.get(split, [])
+    if not listed:
         raise shards.DatasetError(f"The data set at {root} has no {split!r} shards.")
+    files = [(uri, s.num_examples) for uri, s in zip(manifest.shard_uris(root, split), listed)]
     num_classes = len(manifest.class_names)
     fmt = manifest.format
+    passes = itertools.count(first_epoch)
 
-    def load(uri: tf.Tensor):
-        images, labels = tf.numpy_function(
-            lambda u: load_shard_arrays(u.decode(), fmt, num_classes), [uri], [tf.string, tf.int64], stateful=False
-        )
+    def segments():
+        epoch = next(passes)
+        for seg in assignment.rank_segments(files, rank, world_size, seed=seed, epoch=epoch, shuffle=shuffle_shards):
+            yield seg.uri, seg.start, seg.stop
+
+    def load_segment(uri: bytes, start: np.int64, stop: np.int64):
+        name = uri.decode()
+        images, labels = load_shard_arrays(name, fmt, num_classes)
+        expected = dict(files)[name]
+        if len(images) != expected:
+            raise shards.DatasetError(
+                f"Shard {name} holds {len(images)} examples but dataset.json lists {expected}. "
+                "Re-create the data set, or restore the shard."
+            )
+        return images[start:stop], labels[start:stop]
+
+    def load(uri: tf.Tensor, start: tf.Tensor, stop: tf.Tensor):
+        images, labels = tf.numpy_function(load_segment, [uri, start, stop], [tf.string, tf.int64], stateful=False)
         images.set_shape([None])
         labels.set_shape([None, num_classes])
-        return tf.data.Dataset.from_tensor_slices((images, tf.cast(labels, tf.float32)))
+        return images, tf.cast(labels, tf.float32)
 
-    files = tf.data.Dataset.from_tensor_slices(uris)
-    if shuffle_shards:
-        files = files.shuffle(len(uris), seed=seed, reshuffle_each_iteration=True)
-    # Shards load whole, synchronously, in the thread that asks for the next example; a
-    # bounded prefetch of encoded examples lets the next shard load while earlier examples
-    # are still being decoded, instead of stalling the decode threads at every shard.
-    return files.flat_map(load).prefetch(SHARD_PREFETCH_EXAMPLES)
+    parts = tf.data.Dataset.from_generator(
+        segments,
+        output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)),
+    )
+    # A parallel map computes up to READ_AHEAD_SHARDS segments ahead of the one being
+    # consumed; deterministic keeps the drawn order.
+    arrays = parts.map(load, num_parallel_calls=READ_AHEAD_SHARDS, deterministic=True)
+    examples = arrays.flat_map(lambda images, labels: tf.data.Dataset.from_tensor_slices((images, labels)))
+    return examples.take(examples_per_pass) if examples_per_pass else examples
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """A run's train and val examples read straight from the data set's shard files.
+
+    What `train --local`, the direct ingest path of every Ray worker and the benchmarks
+    hand to `loop.train_worker`: train is this rank's part, drawn anew each epoch from the
+    run's seed (the same on every rank, so the parts never overlap); val is the whole split.
+    """
+
+    root: str
+    manifest: shards.Manifest
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    examples_per_epoch: int | None = None  # this rank's steps per epoch x batch
+
+    def train(self, first_epoch: int = 0) -> tf.data.Dataset:
+        return examples_from_shards(
+            self.root,
+            self.manifest,
+            "train",
+            shuffle_shards=True,
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            first_epoch=first_epoch,
+            examples_per_pass=self.examples_per_epoch,
+        )
+
+    def val(self) -> tf.data.Dataset:
+        return examples_from_shards(self.root, self.manifest, "val")
 
 
 class ReleasableBatches:
@@ -368,9 +462,50 @@ def decode_image(image_bytes: tf.Tensor, image_size: int, max_pixels: int | tf.T
     if max_pixels is not None:
         with tf.control_dependencies([assert_within_pixel_limit(image_bytes, max_pixels)]):
             image_bytes = tf.identity(image_bytes)
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    image = tf.image.resize(image, [image_size, image_size], antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
+    is_jpeg = tf.equal(tf.strings.substr(image_bytes, 0, 3), b"\xff\xd8\xff")
+    image = tf.cond(
+        is_jpeg,
+        lambda: decode_jpeg_at_least(image_bytes, image_size),
+        lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
+    )
+    return resize_to(image, image_size)
+
+
+def resize_to(image: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 (h, w, 3) -> float32 (size, size, 3) in [0, 255]; an image already that size is only cast.
+
+    Antialiased resizing to the same size is not free (at 224 px it costs three times the
+    JPEG decode), and data sets are often written at the training size.
+    """
+    shape = tf.shape(image)
+
+    def resize():
+        return tf.clip_by_value(tf.image.resize(image, [size, size], antialias=True), 0.0, 255.0)
+
+    same = tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size))
+    out = tf.cond(same, lambda: tf.cast(image, tf.float32), resize)
+    out.set_shape([size, size, 3])  # both branches give this; the batch shape stays static
+    return out
+
+
+# libjpeg's DCT-domain scale factors (decode_jpeg's `ratio`).
+JPEG_SCALES = (1, 2, 4, 8)
+
+
+def decode_jpeg_at_least(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 (h, w, 3) of a JPEG, decoded at the smallest DCT scale whose shorter side is >= `size`.
+
+    libjpeg can decode at 1/2, 1/4 or 1/8 scale by dropping DCT coefficients, which skips
+    most of the inverse-DCT and colour-conversion work: a 512-px photo trained at 224 px is
+    decoded at 256 px, then resized as before. The scale is picked from the header (read
+    without decoding), so an image never becomes smaller than `size` before the resize.
+    """
+    shape = tf.io.extract_jpeg_shape(image_bytes)
+    shorter = tf.minimum(shape[0], shape[1])
+    # The number of halvings that keep the shorter side at least `size`: 0 to 3.
+    index = tf.add_n([tf.cast(shorter >= scale * size, tf.int32) for scale in JPEG_SCALES[1:]])
+    branches = [(lambda r=ratio: tf.io.decode_jpeg(image_bytes, channels=3, ratio=r)) for ratio in JPEG_SCALES]
+    return tf.switch_case(index, branches)
 
 
 def make_pipeline(

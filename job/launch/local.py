@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 from job.config import Config
-from job.data import pipeline
 from job.launch.plan import check_lease, finish_run, started_run
 from job.storage.run_store import RunStore
 from job.telemetry import WorkerTelemetry
@@ -45,15 +44,14 @@ def run_local(
             enabled=cfg.telemetry.enabled,
             bind_address=cfg.telemetry.bind_address,
         )
+        source = loop.shard_files(data_uri, plan.manifest, cfg, worker_plan, loop.WorkerInfo())
         try:
             history = loop.train_worker(
                 cfg,
                 worker_plan,
                 loop.WorkerInfo(),
-                train_examples=lambda: pipeline.examples_from_shards(
-                    data_uri, plan.manifest, "train", shuffle_shards=True, seed=cfg.training.seed
-                ),
-                val_examples=lambda: pipeline.examples_from_shards(data_uri, plan.manifest, "val"),
+                train_examples=source.train,
+                val_examples=source.val,
                 reporter=LocalReporter(plan.run_uri, cfg.checkpoint.keep_best),
                 telemetry=telemetry,
             )

@@ -28,7 +28,7 @@ import tf_keras
 
 from job import storage
 from job.config import Config
-from job.data.pipeline import InputClock, make_pipeline
+from job.data.pipeline import InputClock, ShardFiles, make_pipeline
 from job.errors import UserError
 from job.storage import scratch
 from job.training import checkpoints, transfer
@@ -88,6 +88,22 @@ def plan_for_group(plan: WorkerPlan, world_size: int) -> WorkerPlan:
     )
 
 
+def shard_files(data_uri: str, manifest, cfg: Config, plan: WorkerPlan, info: WorkerInfo) -> ShardFiles:
+    """This worker's examples read straight from the data set's shard files (the direct ingest path).
+
+    Each pass is one epoch: this rank's steps per epoch x batch examples of the part drawn for
+    that epoch from the run's seed (the same on every rank, so parts never overlap).
+    """
+    return ShardFiles(
+        data_uri,
+        manifest,
+        seed=cfg.training.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        examples_per_epoch=plan.steps_per_epoch * plan.batch_size_per_worker,
+    )
+
+
 def make_strategy(world_size: int) -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy for a group; the default strategy for one worker.
 
@@ -102,7 +118,7 @@ def train_worker(
     cfg: Config,
     plan: WorkerPlan,
     info: WorkerInfo,
-    train_examples: Callable[[], tf.data.Dataset],
+    train_examples: Callable[[int], tf.data.Dataset],
     val_examples: Callable[[], tf.data.Dataset],
     reporter: Reporter,
     telemetry: WorkerTelemetry,
@@ -117,7 +133,8 @@ def train_worker(
         plan: decisions shared by every rank (steps per epoch, run location).
         info: this worker's rank and group size.
         train_examples / val_examples: factories of (image bytes, labels) datasets; train is
-            this worker's shard, val is the whole split.
+            this worker's part of the split (called with the epoch its first pass is, so a
+            source that assigns data by epoch resumes with the right one), val is the whole split.
         reporter: receives metrics and rank 0's checkpoint folders.
         telemetry: Prometheus metrics of this worker.
         release_inputs: called once training ends (last epoch, early stop or error), before
@@ -166,6 +183,7 @@ def train_worker(
         train_examples,
         val_examples,
         seed=cfg.training.seed + 1000 * info.rank + start_epoch + 7919 * start_step,
+        first_epoch=start_epoch,
     )
     history: list[dict] = list(state.get("history", []))
     best = dict(state.get("best", {}))
@@ -280,16 +298,23 @@ def make_datasets(
     info: WorkerInfo,
     strategy: tf.distribute.Strategy,
     clock: InputClock,
-    train_examples: Callable[[], tf.data.Dataset],
+    train_examples: Callable[[int], tf.data.Dataset],
     val_examples: Callable[[], tf.data.Dataset],
     seed: int,
+    first_epoch: int = 0,
 ):
     """(train, val) input pipelines of this worker, distributed when the group has several."""
     batch = plan.batch_size_per_worker
 
     def train_fn(_ctx=None):
         ds = make_pipeline(
-            train_examples(), cfg.data, training=True, batch_size=batch, seed=seed, repeat=True, drop_remainder=True
+            train_examples(first_epoch),
+            cfg.data,
+            training=True,
+            batch_size=batch,
+            seed=seed,
+            repeat=True,
+            drop_remainder=True,
         )
         return clock.stamp(ds)
 

@@ -61,6 +61,35 @@ def tfrecord_data(data_bucket) -> str:
     return uri
 
 
+@pytest.fixture(scope="module")
+def parquet_data(data_bucket) -> str:
+    uri = f"s3://{data_bucket}/datasets/parquet4"
+    run_cli(
+        "synth",
+        "--out",
+        uri,
+        "--num-images",
+        "400",
+        "--num-shards",
+        "4",
+        "--format",
+        "parquet",
+        "--quiet",
+        timeout=180,
+        check=True,
+    )
+    return uri
+
+
+# The fault tests run each ingest path (data.ingest) on each format once between them.
+KILL_CASES = [("direct", "tfrecord_data"), ("ray_data", "parquet_data")]
+RESUME_CASES = [("direct", "parquet_data"), ("ray_data", "tfrecord_data")]
+
+
+def _ingest(path: str) -> list[str]:
+    return ["--set", f"data.ingest={path}"]
+
+
 def _train(data: str, output: str, *extra: str, env: dict | None = None, timeout: float = RUN_TIMEOUT):
     return run_cli(
         "train", "--config", CONFIG, "--data", data, "--output", output, *FAST, *extra, env=env, timeout=timeout
@@ -112,7 +141,8 @@ def _latest_dir(run_uri: str) -> str:
     return f"checkpoint_epoch-{_checkpoint_epochs(run_uri)[-1]:06d}"
 
 
-def test_two_workers_train_on_parquet_shards(data_bucket):
+@pytest.fixture(scope="module")
+def one_parquet_shard(data_bucket) -> str:
     data = f"s3://{data_bucket}/datasets/pq"
     run_cli(
         "synth",
@@ -128,9 +158,15 @@ def test_two_workers_train_on_parquet_shards(data_bucket):
         timeout=180,
         check=True,
     )
-    run = f"s3://{data_bucket}/runs/parquet"
-    result = _train(data, run, "--set", "training.epochs=1")
+    return data
+
+
+@pytest.mark.parametrize("ingest", ["direct", "ray_data"])
+def test_two_workers_train_on_parquet_shards(data_bucket, one_parquet_shard, ingest):
+    run = f"s3://{data_bucket}/runs/parquet-{ingest}"
+    result = _train(one_parquet_shard, run, "--set", "training.epochs=1", *_ingest(ingest))
     _assert_ok(result)
+    assert f"ingest {ingest}" in result.stdout + result.stderr
     # One shard for two workers: it trains, and says why reads are less parallel.
     assert "1 shard(s) for 2 workers" in result.stdout + result.stderr
     # A local Ray has no dashboard, so Ray Train's placement-group cleaner cannot reach the
@@ -144,14 +180,16 @@ def test_two_workers_train_on_parquet_shards(data_bucket):
 # ---------------------------------------------------------------------------- faults
 
 
+@pytest.mark.parametrize(("ingest", "data_fixture"), KILL_CASES)
 def test_killed_worker_is_restarted_and_resumes_from_latest_checkpoint(
-    data_bucket, tfrecord_data, baseline_run, tmp_path
+    request, data_bucket, baseline_run, tmp_path, ingest, data_fixture
 ):
-    run = f"s3://{data_bucket}/runs/killed"
+    run = f"s3://{data_bucket}/runs/killed-{ingest}"
     marker = tmp_path / "killed"
     result = _train(
-        tfrecord_data,
+        request.getfixturevalue(data_fixture),
         run,
+        *_ingest(ingest),
         "--set",
         "training.epochs=3",
         "--set",
@@ -189,9 +227,12 @@ def test_killed_worker_without_retries_fails_with_a_clear_error(data_bucket, tfr
     assert "died" in last and "scaling.max_failures" in last
 
 
-def test_stopped_driver_resumes_where_it_left_off(data_bucket, tfrecord_data):
-    run = f"s3://{data_bucket}/runs/driver-stop"
-    args = ["train", "--config", CONFIG, "--data", tfrecord_data, "--output", run, *FAST, "--set", "training.epochs=4"]
+@pytest.mark.parametrize(("ingest", "data_fixture"), RESUME_CASES)
+def test_stopped_driver_resumes_where_it_left_off(request, data_bucket, ingest, data_fixture):
+    run = f"s3://{data_bucket}/runs/driver-stop-{ingest}"
+    data = request.getfixturevalue(data_fixture)
+    args = ["train", "--config", CONFIG, "--data", data, "--output", run, *FAST, *_ingest(ingest)]
+    args += ["--set", "training.epochs=4"]
     proc = start_cli(*args)
     deadline = time.monotonic() + RUN_TIMEOUT
     try:

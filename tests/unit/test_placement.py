@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 
 import pytest
 
@@ -69,7 +70,7 @@ def test_strategy_reaches_ray_train_scaling_config(monkeypatch, strategy):
         (),
         {
             "data_uri": "s3://bucket/datasets/demo",
-            "manifest": None,
+            "manifest": types.SimpleNamespace(to_json=lambda: {}),
             "run_uri": "s3://bucket/runs/r",
             "run_name": "r",
             "global_batch_size": 64,
