@@ -41,7 +41,11 @@ TARGETS = {
         ">= 0.9",
     ),
     "parquet_over_tfrecord": ("Parquet / TFRecord (local)", lambda r: 0.8 <= r <= 1.25, "0.8 - 1.25"),
-    "trainer_over_fit": ("TensorflowTrainer (1 worker) / plain fit, epoch time", lambda r: r <= 1.05, "<= 1.05"),
+    "trainer_over_fit": (
+        "TensorflowTrainer (1 worker) / plain fit, epoch time incl. its checkpoint",
+        lambda r: r <= 1.05,
+        "<= 1.05",
+    ),
     "checkpoint_over_epoch": ("checkpoint save + upload / epoch time (worse model)", lambda r: r <= 0.05, "<= 0.05"),
     "checkpoint_async_over_epoch": (
         "async checkpoint: blocking time (local write + step slowdown while uploading) / epoch time (worse model)",
@@ -77,7 +81,7 @@ def sizes(quick: bool) -> dict:
             "num_images": 300,
             "pipeline": ["--batches", "6", "--warmup-batches", "2", "--repeats", "3"],
             "s3": ["--batches", "6", "--warmup-batches", "2", "--repeats", "3"],
-            "trainer_epochs": "2",
+            "trainer_epochs": "3",
             "trainer_rounds": "1",
             "scaling_epochs": "2",
             "checkpoint": ["--steps", "3", "--warmup-steps", "1", "--saves", "3"],
@@ -87,7 +91,7 @@ def sizes(quick: bool) -> dict:
         # Windows of about a second each: long enough that one window's noise is not the figure.
         "pipeline": ["--repeats", "7", "--batches", "60", "--warmup-batches", "6"],
         "s3": ["--repeats", "7", "--batches", "30", "--warmup-batches", "4"],
-        "trainer_epochs": "3",
+        "trainer_epochs": "4",
         "trainer_rounds": "3",
         "scaling_epochs": "3",
         "checkpoint": [],

@@ -22,6 +22,9 @@ import time
 
 from bench import common
 
+# Extra config overrides for every run (--set), for experiments.
+EXTRA_SETTINGS: list[str] = []
+
 
 def make_config(image_size: int, epochs: int, num_workers: int, ingest: str = "direct"):
     from job.config import load_config
@@ -33,9 +36,13 @@ def make_config(image_size: int, epochs: int, num_workers: int, ingest: str = "d
             f"training.epochs={epochs}",
             f"scaling.num_workers={num_workers}",
             f"data.ingest={ingest}",
+            # The workers share the machine's cores, as the plain process has all of them (Ray
+            # sizes each worker's OpenMP threads, and so oneDNN's, by its CPUs); Ray Data keeps one.
+            f"scaling.cpus_per_worker={max(1, ((os.cpu_count() or 1) - (ingest == 'ray_data')) // num_workers)}",
             "telemetry.enabled=false",
             "training.early_stopping_patience_epochs=0",
             "training.reduce_lr_patience_epochs=0",
+            *EXTRA_SETTINGS,
         ],
     )
 
@@ -76,14 +83,19 @@ def run_ray(data_uri: str, output_uri: str, image_size: int, epochs: int, num_wo
 
 
 def _summary(wall: float, history: list[dict], plan) -> dict:
+    """Figures of one run. The epoch cost is the time from one epoch's start to the next's:
+    training, validation and that epoch's checkpoint (a synchronous save blocks; an asynchronous
+    upload slows the next epoch instead), so both kinds of run pay for their checkpoints."""
     epochs = [round(float(h["epoch_seconds"]), 2) for h in history]
-    steady = epochs[1:] if len(epochs) > 1 else epochs
-    epoch = common.median(steady)
+    starts = [float(h["epoch_start_time"]) for h in history]
+    periods = [round(b - a, 2) for a, b in zip(starts, starts[1:])]
+    steady = periods[1:] if len(periods) > 1 else periods or epochs  # the first epoch traces graphs
     images = plan.steps_per_epoch * plan.global_batch_size
     return {
         "wall_seconds": round(wall, 1),
         "epoch_seconds": epochs,
-        "median_epoch_seconds": round(epoch, 2),
+        "epoch_periods": periods,
+        "median_epoch_seconds": round(common.median(steady), 2),
         "startup_seconds": round(wall - sum(epochs), 1),  # start-up, checkpoints, shutdown
         "train_images_per_epoch": images,
         "steps_per_epoch": plan.steps_per_epoch,
@@ -115,9 +127,11 @@ def main() -> None:
     )
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--set", action="append", default=[], help="A config override for every run (KEY=VALUE).")
     p.add_argument("--result", required=True)
     args = p.parse_args()
     common.quiet_logs()
+    EXTRA_SETTINGS.extend(args.set)
 
     from bench.data import dataset_dir
 

@@ -215,15 +215,20 @@ class CheckpointAndReport(tf_keras.callbacks.Callback):
         self.history, self.best = history, best
         self.slowest_save_seconds = 0.0
         self._epoch_start = time.perf_counter()
+        self._epoch_start_time = time.time()
         self._s3_retries = storage.retry_count()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
+        self._epoch_start_time = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
         seconds = time.perf_counter() - self._epoch_start
         row = {"epoch": done, **{k: float(v) for k, v in (logs or {}).items() if np.isscalar(v)}}
+        # Wall clock at the epoch's start: the gaps between rows include each epoch's checkpoint
+        # (epoch_seconds covers training and validation only).
+        row["epoch_start_time"] = self._epoch_start_time
         next_lr = current_learning_rate(self.model.optimizer)
         row.setdefault("learning_rate", next_lr)
         row.pop("lr", None)
