@@ -1,7 +1,8 @@
 """Will the training workers fit on the Ray cluster? Asked before training, not discovered as a hang.
 
-A worker group that cannot be placed makes Ray Train wait forever, and workers that take
-every CPU leave Ray Data's read tasks none, which hangs the first epoch. Both depend on the
+A worker group that cannot be placed makes Ray Train wait forever, and (with
+`data.ingest: ray_data`) workers that take every CPU leave Ray Data's read tasks none, which
+hangs the first epoch. Both depend on the
 nodes the cluster has, which under KubeRay come from the pods' resources (`--num-cpus` is
 the container's CPU limit): a pod template that is too small shows up here, with the
 numbers, instead of as a run that never starts.
@@ -38,10 +39,11 @@ def worker_bundle(s: ScalingConfig) -> dict[str, float]:
     return {k: v for k, v in worker_resources(s).items() if v > 0}
 
 
-def shortfall(nodes: list[dict[str, float]], s: ScalingConfig) -> str | None:
-    """Why `s.num_workers` worker bundles plus Ray Data's CPU do not fit on `nodes` (each a
-    node's total resources), or None when they do. First fit, one bundle at a time, nodes
-    with the most room first: what Ray's placement can achieve for PACK and for SPREAD."""
+def shortfall(nodes: list[dict[str, float]], s: ScalingConfig, data_cpus: float = DATA_CPUS_ON_A_CLUSTER) -> str | None:
+    """Why `s.num_workers` worker bundles plus `data_cpus` for Ray Data do not fit on `nodes`
+    (each a node's total resources), or None when they do. First fit, one bundle at a time,
+    nodes with the most room first: what Ray's placement can achieve for PACK and for SPREAD.
+    `data_cpus` is 0 on the direct ingest path, where the workers read their own input."""
     bundle = worker_bundle(s)
     free = [dict(n) for n in nodes]
     for placed in range(s.num_workers):
@@ -55,10 +57,11 @@ def shortfall(nodes: list[dict[str, float]], s: ScalingConfig) -> str | None:
         for k, v in bundle.items():
             node[k] -= v
     left = sum(n.get("CPU", 0.0) for n in free)
-    if left + 1e-9 < DATA_CPUS_ON_A_CLUSTER:
+    if left + 1e-9 < data_cpus:
         return (
             f"the {s.num_workers} workers ({_describe(bundle)} each) take all of the nodes' CPUs "
-            f"({_describe_nodes(nodes)}), and Ray Data needs at least {DATA_CPUS_ON_A_CLUSTER:g} more to read the data"
+            f"({_describe_nodes(nodes)}), and Ray Data needs at least {data_cpus:g} more to read the data "
+            "(data.ingest: ray_data)"
         )
     return None
 
@@ -69,14 +72,15 @@ def wait_until_workers_fit(
     request_resources: Callable[[list[dict[str, float]]], None],
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    data_cpus: float = DATA_CPUS_ON_A_CLUSTER,
 ) -> None:
-    """Return once the cluster can hold the workers; ask an autoscaler for them meanwhile;
-    raise UserError after `s.resources_timeout_seconds`."""
+    """Return once the cluster can hold the workers (and `data_cpus` for Ray Data); ask an
+    autoscaler for them meanwhile; raise UserError after `s.resources_timeout_seconds`."""
     deadline = clock() + s.resources_timeout_seconds
-    bundles = [worker_bundle(s)] * s.num_workers + [{"CPU": DATA_CPUS_ON_A_CLUSTER}]
+    bundles = [worker_bundle(s)] * s.num_workers + ([{"CPU": data_cpus}] if data_cpus else [])
     asked = False
     while True:
-        problem = shortfall(alive_nodes(), s)
+        problem = shortfall(alive_nodes(), s, data_cpus)
         if problem is None:
             return
         if clock() >= deadline:

@@ -25,7 +25,12 @@ from ray.train import (
 from ray.train.tensorflow import TensorflowTrainer
 
 from job import storage
-from job.cluster.capacity import HEAD_NODE_RESOURCE, wait_until_workers_fit, worker_resources
+from job.cluster.capacity import (
+    DATA_CPUS_ON_A_CLUSTER,
+    HEAD_NODE_RESOURCE,
+    wait_until_workers_fit,
+    worker_resources,
+)
 from job.cluster.datasets import ray_dataset
 from job.cluster.failures import describe_failure
 from job.cluster.worker import quiet_ray_data, worker_entry
@@ -60,7 +65,8 @@ def connect(cfg: Config) -> None:
         _warn_unless_on_head()
         # An elastic run starts once its minimum fits.
         needed = dataclasses.replace(cfg.scaling, num_workers=cfg.scaling.min_workers or cfg.scaling.num_workers)
-        wait_until_workers_fit(needed, _alive_node_resources, _request_resources)
+        data_cpus = DATA_CPUS_ON_A_CLUSTER if cfg.data.ingest == "ray_data" else 0.0
+        wait_until_workers_fit(needed, _alive_node_resources, _request_resources, data_cpus=data_cpus)
         return
     s = cfg.scaling
     # The direct ingest path decodes in the training workers' own CPUs; only Ray Data needs more.

@@ -24,6 +24,11 @@ def test_worker_pods_with_one_cpu_each_leave_ray_data_nothing():
     assert problem is not None and "Ray Data" in problem
 
 
+def test_on_the_direct_ingest_path_workers_may_take_every_cpu():
+    # The workers read and decode their own input: no Ray Data tasks need CPUs beside them.
+    assert shortfall([HEAD, {"CPU": 1.0}, {"CPU": 1.0}], _scaling(), data_cpus=0.0) is None
+
+
 def test_gpu_workers_need_gpu_nodes():
     problem = shortfall([HEAD, {"CPU": 8.0}, {"CPU": 8.0}], _scaling(use_gpu=True, cpus_per_worker=4.0))
     assert problem is not None and "0 of 2" in problem and "1 GPU" in problem
