@@ -89,8 +89,8 @@ def sizes(quick: bool) -> dict:
     return {
         "num_images": 1000,
         # Windows of about a second each: long enough that one window's noise is not the figure.
-        "pipeline": ["--repeats", "7", "--batches", "60", "--warmup-batches", "6"],
-        "s3": ["--repeats", "7", "--batches", "30", "--warmup-batches", "4"],
+        "pipeline": ["--repeats", "9", "--batches", "60", "--warmup-batches", "6"],
+        "s3": ["--repeats", "9", "--batches", "60", "--warmup-batches", "6"],
         "trainer_epochs": "4",
         "trainer_rounds": "3",
         "scaling_epochs": "3",
