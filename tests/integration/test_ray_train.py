@@ -54,31 +54,32 @@ def data_bucket(s3_server) -> str:
     return name
 
 
-@pytest.fixture(scope="module")
-def tfrecord_data(data_bucket) -> str:
-    uri = f"s3://{data_bucket}/datasets/tfr"
-    run_cli("synth", "--out", uri, "--num-images", "400", "--num-shards", "4", "--quiet", timeout=180, check=True)
-    return uri
-
-
-@pytest.fixture(scope="module")
-def parquet_data(data_bucket) -> str:
-    uri = f"s3://{data_bucket}/datasets/parquet4"
+def _synth(uri: str, num_images: int, num_shards: int, fmt: str = "tfrecord") -> str:
     run_cli(
         "synth",
         "--out",
         uri,
         "--num-images",
-        "400",
+        str(num_images),
         "--num-shards",
-        "4",
+        str(num_shards),
         "--format",
-        "parquet",
+        fmt,
         "--quiet",
         timeout=180,
         check=True,
     )
     return uri
+
+
+@pytest.fixture(scope="module")
+def tfrecord_data(data_bucket) -> str:
+    return _synth(f"s3://{data_bucket}/datasets/tfr", 400, 4)
+
+
+@pytest.fixture(scope="module")
+def parquet_data(data_bucket) -> str:
+    return _synth(f"s3://{data_bucket}/datasets/parquet4", 400, 4, "parquet")
 
 
 # The fault tests run each ingest path (data.ingest) on each format once between them.
@@ -143,22 +144,7 @@ def _latest_dir(run_uri: str) -> str:
 
 @pytest.fixture(scope="module")
 def one_parquet_shard(data_bucket) -> str:
-    data = f"s3://{data_bucket}/datasets/pq"
-    run_cli(
-        "synth",
-        "--out",
-        data,
-        "--num-images",
-        "300",
-        "--format",
-        "parquet",
-        "--num-shards",
-        "1",
-        "--quiet",
-        timeout=180,
-        check=True,
-    )
-    return data
+    return _synth(f"s3://{data_bucket}/datasets/pq", 300, 1, "parquet")
 
 
 @pytest.mark.parametrize("ingest", ["direct", "ray_data"])

@@ -411,3 +411,34 @@ def test_input_clock_stamps_when_a_batch_is_taken():
     x, y = next(iter(ds))
     assert clock.last_ready > 0.0
     assert x.shape == (2, 2) and y.numpy().tolist() == [1.0, 1.0]
+
+
+# ---------------------------------------------------------------------------- decode at size
+
+
+def _photo(side: int, seed: int = 0) -> bytes:
+    """A smooth side x side JPEG (a blown-up 16 x 16 noise pattern), like a photo's content."""
+    small = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(small).resize((side, side), Image.BICUBIC).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("side", "size", "scale"), [(512, 224, 2), (512, 64, 8), (300, 224, 1), (1000, 120, 8)])
+def test_a_large_jpeg_is_decoded_at_the_smallest_dct_scale_that_keeps_the_target_size(side, size, scale):
+    decoded = pipeline.decode_jpeg_at_least(tf.constant(_photo(side)), size)
+    assert decoded.shape[0] == -(-side // scale) and decoded.shape[0] >= size
+
+
+def test_dct_scaled_decode_gives_nearly_the_pixels_of_a_full_decode():
+    blob = tf.constant(_photo(512))
+    full = pipeline.resize_to(tf.io.decode_jpeg(blob, channels=3), 224)
+    scaled = pipeline.decode_image(blob, 224)
+    assert scaled.shape == (224, 224, 3)
+    assert float(tf.reduce_mean(tf.abs(full - scaled))) < 2.0  # of 255
+
+
+def test_an_image_already_at_the_target_size_is_only_cast():
+    pixels = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    out = pipeline.resize_to(tf.constant(pixels), 32)
+    assert out.dtype == tf.float32 and np.array_equal(out.numpy(), pixels.astype(np.float32))
