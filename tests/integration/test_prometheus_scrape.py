@@ -107,6 +107,9 @@ def test_every_dashboard_query_returns_data(prometheus, job_telemetry):
         return len(result) == 2
 
     prometheus.wait_for("increase(multilabel_train_steps_total[1m]) > 0", trained_between_scrapes, timeout_seconds=30)
+    # increase() and rate() need two samples of a series: wait until every target (the driver's
+    # too, whose counters never move here) has been scraped twice.
+    prometheus.wait_for("count_over_time(up[1m]) >= 2", lambda result: len(result) == 3, timeout_seconds=30)
 
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = []
