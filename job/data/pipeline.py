@@ -155,6 +155,7 @@ def examples_from_shards(
     if not listed:
         raise shards.DatasetError(f"The data set at {root} has no {split!r} shards.")
     files = [(uri, s.num_examples) for uri, s in zip(manifest.shard_uris(root, split), listed)]
+    listed_counts = dict(files)
     num_classes = len(manifest.class_names)
     fmt = manifest.format
     passes = itertools.count(first_epoch)
@@ -167,7 +168,7 @@ def examples_from_shards(
     def load_segment(uri: bytes, start: np.int64, stop: np.int64):
         name = uri.decode()
         images, labels = load_shard_arrays(name, fmt, num_classes)
-        expected = dict(files)[name]
+        expected = listed_counts[name]
         if len(images) != expected:
             raise shards.DatasetError(
                 f"Shard {name} holds {len(images)} examples but dataset.json lists {expected}. "
