@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"exported {info.checkpoint} to {info.out_uri}\n"
         f"  signatures: serving_default (encoded image bytes), predict_images (float32 pixels "
-        f"[None, {info.image_size}, {info.image_size}, 3])\n"
+        f"[None, {info.image_size}, {info.image_size}, 3]), predict_base64 (base64 text; see docs/serving.md)\n"
         f"  labels: {', '.join(info.class_names)}\n"
         f"  thresholds ({info.thresholds_source}): {thresholds}"
     )

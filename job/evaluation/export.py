@@ -1,25 +1,34 @@
 """Export a run as a self-contained TensorFlow SavedModel, and predict with it (or with a run).
 
 The SavedModel holds the best checkpoint's weights, the label names and the tuned
-thresholds, so a service needs nothing else. Two signatures:
+thresholds, so a service needs nothing else. Three signatures:
 
     serving_default  images: tf.string [None]  encoded JPEG/PNG/GIF/BMP bytes, decoded and
-                     resized exactly as training does (`inputs.decode_image`); an image
+                     resized exactly as training does (`pipeline.decode_image`); an image
                      above the run's data.max_pixels (width x height, read from its header)
                      fails the call with InvalidArgumentError "... is above the pixel limit
-                     ..." before anything is decoded
+                     ..." before anything is decoded. TensorFlow Serving's REST API feeds it
+                     directly: it base64-decodes a JSON `{"b64": "..."}` value into these bytes
     predict_images   pixels: float32 [None, S, S, 3]  RGB in [0, 255], already S x S
+    predict_base64   images_base64: tf.string [None]  the same images as base64 TEXT (standard
+                     or URL-safe alphabet, padding optional, ASCII whitespace ignored), for
+                     servers that pass JSON strings through undecoded (Ray Serve, a custom
+                     KServe predictor, Flask); then exactly serving_default, pixel limit
+                     included. Text that is not base64 fails with InvalidArgumentError
 
-Both return `probabilities` (float32 [None, k], sigmoid of the logits), `decisions`
+All return `probabilities` (float32 [None, k], sigmoid of the logits), `decisions`
 (bool [None, k], probability > the label's threshold) and `labels` (tf.string [None], the
 predicted label names joined by spaces). The loaded object also carries `label_names`
 (string [k]), `thresholds` (float32 [k]), `image_size` (int32) and `max_pixels` (int64)
 variables; the label names
 are in `assets/labels.txt` too, and `assets.extra/export.json` records where the model came
-from.
+from. Exports made before predict_base64 existed still load (`REQUIRED_SIGNATURES`).
 
 `load_predictor` takes an exported SavedModel folder or a run (then it builds the model in
-this process from the best checkpoint); both answer the same `predict(image_bytes)`.
+this process from the best checkpoint); both answer the same `predict(image_bytes)`, and
+`predict_pixels(pixels)` for pixels already decoded with
+`decode_image(data, predictor.image_size, predictor.max_pixels)` (batch inference decodes
+in other processes than the model's). docs/serving.md shows how to serve an export.
 """
 
 from __future__ import annotations
@@ -48,7 +57,10 @@ log = logging.getLogger(__name__)
 SAVED_MODEL_FILE = "saved_model.pb"
 LABELS_ASSET = "labels.txt"
 EXPORT_INFO = "assets.extra/export.json"
-SIGNATURES = ("serving_default", "predict_images")
+# Every signature an export gets; the loader needs only REQUIRED_SIGNATURES, so exports made
+# before predict_base64 existed still load.
+SIGNATURES = ("serving_default", "predict_images", "predict_base64")
+REQUIRED_SIGNATURES = ("serving_default", "predict_images")
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -138,7 +150,7 @@ def build_serving_module(
     labels_file: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ):
-    """Wrap a logits model in a `tf.Module` with the two serving signatures.
+    """Wrap a logits model in a `tf.Module` with the serving signatures (`SIGNATURES`).
 
     Args:
         model: tf_keras model taking float32 pixels (None, S, S, 3) in [0, 255], giving logits.
@@ -146,8 +158,8 @@ def build_serving_module(
         thresholds: (k,) probability thresholds.
         image_size: S.
         labels_file: a local file with one label per line, saved as an asset (optional).
-        max_pixels: serving_default refuses (InvalidArgumentError) an image above this many
-            pixels, read from its header, before decoding anything.
+        max_pixels: serving_default and predict_base64 refuse (InvalidArgumentError) an image
+            above this many pixels, read from its header, before decoding anything.
     Returns:
         The module; save it with `tf.saved_model.save(module, dir, signatures=module.signatures())`.
     """
@@ -173,18 +185,36 @@ def build_serving_module(
 
             @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
             def serving_default(images):
-                pixels = tf.map_fn(
-                    lambda b: decode_image(b, size, max_pixels=self.max_pixels),
-                    images,
-                    fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
-                )
-                return self._outputs(pixels)
+                return self._outputs(self._decode(images))
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images_base64")])
+            def predict_base64(images_base64):
+                # tf.io.decode_base64 reads only the URL-safe alphabet (padding optional):
+                # map the standard one onto it, and drop the line breaks of MIME-style text.
+                text = tf.strings.regex_replace(images_base64, r"[\t\n\r ]", "")
+                text = tf.strings.regex_replace(tf.strings.regex_replace(text, r"\+", "-"), "/", "_")
+                return self._outputs(self._decode(tf.io.decode_base64(text)))
 
             self.predict_images = predict_images
             self.serving_default = serving_default
+            self.predict_base64 = predict_base64
+
+        def _decode(self, images):
+            """Encoded images (string [n]) -> float32 pixels (n, S, S, 3), pixel limit enforced."""
+            return tf.map_fn(
+                lambda b: decode_image(b, size, max_pixels=self.max_pixels),
+                images,
+                fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+            )
 
         def _outputs(self, pixels):
-            logits = tf.cast(self.model(pixels, training=False), tf.float32)
+            # An empty batch skips the model: TensorFlow's oneDNN CPU convolution fails on one
+            # ("input depth must be evenly divisible by filter depth"), and a server may send it.
+            logits = tf.cond(
+                tf.shape(pixels)[0] > 0,
+                lambda: tf.cast(self.model(pixels, training=False), tf.float32),
+                lambda: tf.zeros([0, len(class_names)], tf.float32),
+            )
             probabilities = tf.sigmoid(logits)
             decisions = probabilities > self.thresholds
             names = tf.broadcast_to(self.label_names, tf.shape(decisions))
@@ -192,7 +222,11 @@ def build_serving_module(
             return {"probabilities": probabilities, "decisions": decisions, "labels": labels}
 
         def signatures(self) -> dict:
-            return {"serving_default": self.serving_default, "predict_images": self.predict_images}
+            return {
+                "serving_default": self.serving_default,
+                "predict_images": self.predict_images,
+                "predict_base64": self.predict_base64,
+            }
 
     return ServingModule()
 
@@ -310,12 +344,35 @@ class Prediction:
 
 
 class Predictor:
-    """A model ready to predict: label names, thresholds, and `predict(list of image bytes)`."""
+    """A model ready to predict: label names, thresholds, `predict(list of image bytes)` and
+    `predict_pixels(decoded pixels)`."""
 
     class_names: list[str]
     thresholds: np.ndarray
     source: str
+    image_size: int  # S: the model's input side; predict_pixels takes (n, S, S, 3)
     max_pixels: int | None  # None: an export made before the limit existed (none built in)
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities (float32 (n, k)) for pixels already decoded and resized.
+
+        Decode each image with `job.data.pipeline.decode_image(data, self.image_size,
+        self.max_pixels)` (in any process) and stack them: the result then agrees with
+        `predict` on the same bytes. The whole array goes through the model in one call, so
+        the caller picks the batch size.
+
+        Args:
+            pixels: float32 (n, S, S, 3), RGB in [0, 255], S = `image_size`.
+        Raises:
+            ValueError: `pixels` is not (n, image_size, image_size, 3).
+        """
+        pixels = np.asarray(pixels, dtype=np.float32)
+        expected = (self.image_size, self.image_size, 3)
+        if pixels.ndim != 4 or pixels.shape[1:] != expected:
+            raise ValueError(f"pixels of shape {pixels.shape}; this model takes (n, {', '.join(map(str, expected))})")
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.class_names)), np.float32)
+        return np.asarray(self._pixel_probabilities(pixels), dtype=np.float32)
 
     def predict(self, images: list[bytes], batch_size: int = 64) -> Prediction:
         """Probabilities and decisions for encoded images, in order.
@@ -338,9 +395,12 @@ class Predictor:
     def _probabilities(self, images: list[bytes]) -> np.ndarray:
         raise NotImplementedError
 
+    def _pixel_probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
 
 class SavedModelPredictor(Predictor):
-    """An exported SavedModel, through its serving_default signature (bytes in)."""
+    """An exported SavedModel: serving_default for bytes, predict_images for pixels."""
 
     def __init__(self, uri: str):
         self._work = None
@@ -356,7 +416,7 @@ class SavedModelPredictor(Predictor):
                 f"{uri} could not be loaded as a SavedModel ({type(exc).__name__}: {exc}); "
                 f"re-export it with `python -m job export --run RUN --out {uri}`."
             ) from None
-        missing = [s for s in SIGNATURES if s not in self._loaded.signatures]
+        missing = [s for s in REQUIRED_SIGNATURES if s not in self._loaded.signatures]
         if missing or not hasattr(self._loaded, "label_names"):
             raise UserError(
                 f"{uri} is a SavedModel but not one exported by `python -m job export` "
@@ -366,11 +426,18 @@ class SavedModelPredictor(Predictor):
         self.thresholds = self._loaded.thresholds.numpy().astype(np.float64)
         limit = getattr(self._loaded, "max_pixels", None)
         self.max_pixels = int(limit.numpy()) if limit is not None else None
+        size = getattr(self._loaded, "image_size", None)
+        if size is None:  # the signature's input shape says the same
+            size = self._loaded.signatures["predict_images"].structured_input_signature[1]["pixels"].shape[1]
+        self.image_size = int(size.numpy()) if hasattr(size, "numpy") else int(size)
         self.source = f"SavedModel {uri}"
 
     def _probabilities(self, images: list[bytes]) -> np.ndarray:
         out = self._loaded.signatures["serving_default"](images=tf.constant(images, dtype=tf.string))
         return out["probabilities"].numpy()
+
+    def _pixel_probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        return self._loaded.signatures["predict_images"](pixels=tf.constant(pixels))["probabilities"].numpy()
 
 
 class RunPredictor(Predictor):
@@ -391,6 +458,9 @@ class RunPredictor(Predictor):
 
     def _probabilities(self, images: list[bytes]) -> np.ndarray:
         pixels = tf.stack([decode_image(tf.constant(b), self.image_size, self.max_pixels) for b in images])
+        return self._pixel_probabilities(pixels)
+
+    def _pixel_probabilities(self, pixels) -> np.ndarray:
         return tf.sigmoid(tf.cast(self.model(pixels, training=False), tf.float32)).numpy()
 
 
