@@ -393,6 +393,10 @@ class TelemetryConfig:
     )
 
 
+# What predictions.png shows (evaluation.prediction_grid; docs/predictions.md).
+PREDICTION_GRIDS = ("first", "worst")
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     """Evaluation of the best checkpoint."""
@@ -401,6 +405,13 @@ class EvaluationConfig:
         "f1", "What per-label thresholds maximise on the validation split.", choices=("f1", "none")
     )
     prediction_grid_images: int = setting(16, "Test images shown in predictions.png.", min=0, max=256)
+    prediction_grid: str = setting(
+        "first",
+        "Which test images predictions.png shows: 'first' (data set order) or 'worst' (the worst false "
+        "positives and negatives at the tuned thresholds, as report.md lists them; a second read of the split "
+        "decodes only those).",
+        choices=PREDICTION_GRIDS,
+    )
     correlated_pair_threshold: float = setting(
         0.95, "Flag label pairs whose P(j|i) and P(i|j) both reach this.", min=0.5, max=1.0
     )

@@ -7,6 +7,8 @@ Two sources feed the same chain:
 - `examples_from_batches`: column batches handed over by Ray Data (`get_dataset_shard`), on
   the `ray_data` ingest path.
 Both yield (encoded image bytes, float32 multi-hot labels); `make_pipeline` does the rest.
+Evaluation reads the shards `with_ids`: (bytes, (labels, id)), which the same chain carries
+through to batches of (images, (labels, ids)).
 
 An image above `data.max_pixels` (width x height, read from its header in the graph by
 `encoded_image_shape`) is never decoded: `make_pipeline` skips it, counts it
@@ -57,26 +59,47 @@ def load_shard_arrays(uri: str, fmt: str, num_classes: int) -> tuple[np.ndarray,
     tf.data, so its cost is paid by every step. Any problem falls back to the record-by-
     record reader, which names the shard and the bad record.
     """
+    images, labels, _ = _load_shard(uri, fmt, num_classes, with_ids=False)
+    return images, labels
+
+
+def load_shard_arrays_with_ids(uri: str, fmt: str, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One shard as (image bytes, int64 labels (n, num_classes), object array of id bytes).
+
+    `load_shard_arrays` plus the examples' ids (TFRecord feature `id`, Parquet column `id`;
+    b"" for a shard written without them), for evaluation, which names the examples it
+    scores. Training never reads the ids, so its parse stays as it was.
+    """
+    images, labels, ids = _load_shard(uri, fmt, num_classes, with_ids=True)
+    return images, labels, ids
+
+
+def _load_shard(
+    uri: str, fmt: str, num_classes: int, with_ids: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     data = storage.read_bytes(uri)
     try:
-        images, labels = _parse_shard_fast(data, uri, fmt, num_classes)
+        images, labels, ids = _parse_shard_fast(data, uri, fmt, num_classes, with_ids=with_ids)
     except Exception:  # noqa: BLE001 - the careful reader below says what is wrong
-        images, labels = _parse_shard_careful(data, uri, fmt, num_classes)
+        images, labels, ids = _parse_shard_careful(data, uri, fmt, num_classes, with_ids=with_ids)
     if labels.shape[1] != num_classes:
         raise shards.DatasetError(
             f"Shard {uri} has labels of width {labels.shape[1]}, but dataset.json lists "
             f"{num_classes} class names. Re-create the data set so both agree."
         )
-    return images, labels
+    return images, labels, ids
 
 
-def _parse_shard_careful(data: bytes, uri: str, fmt: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _parse_shard_careful(
+    data: bytes, uri: str, fmt: str, num_classes: int, with_ids: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     examples = list(shards.read_shard(data, fmt, uri))
     images = np.array([e.image for e in examples], dtype=object)
     labels = (
         np.stack([e.labels for e in examples]).astype(np.int64) if examples else np.zeros((0, num_classes), np.int64)
     )
-    return images, labels
+    ids = np.array([e.id.encode() for e in examples], dtype=object) if with_ids else None
+    return images, labels, ids
 
 
 def _quiet_deprecation():
@@ -89,8 +112,13 @@ def _quiet_deprecation():
         return contextlib.nullcontext()
 
 
-def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised parse; raises on anything unusual (the caller then takes the careful path)."""
+def _parse_shard_fast(
+    data: bytes, uri: str, fmt: str, num_classes: int, with_ids: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Vectorised parse; raises on anything unusual (the caller then takes the careful path).
+
+    The ids (third item, else None) are parsed only `with_ids`: training does not pay for them.
+    """
     if fmt == "tfrecord":
         # The framing check catches a file cut inside a record header, which TensorFlow's
         # reader would take for a clean end of file.
@@ -106,21 +134,28 @@ def _parse_shard_fast(data: bytes, uri: str, fmt: str, num_classes: int) -> tupl
         raw = tf.constant(records, tf.string) if records else tf.zeros([0], tf.string)
         if int(raw.shape[0]) != count:
             raise ValueError("record count differs from the framing")
-        parsed = tf.io.parse_example(
-            raw,
-            {
-                "image": tf.io.FixedLenFeature([], tf.string),
-                "labels": tf.io.FixedLenFeature([num_classes], tf.int64),
-            },
-        )
-        return parsed["image"].numpy().astype(object), parsed["labels"].numpy().astype(np.int64)
-    table = shards.parquet_table(data, columns=["image", "labels"])
+        features = {
+            "image": tf.io.FixedLenFeature([], tf.string),
+            "labels": tf.io.FixedLenFeature([num_classes], tf.int64),
+        }
+        if with_ids:
+            features["id"] = tf.io.FixedLenFeature([], tf.string, default_value="")
+        parsed = tf.io.parse_example(raw, features)
+        ids = parsed["id"].numpy().astype(object) if with_ids else None
+        return parsed["image"].numpy().astype(object), parsed["labels"].numpy().astype(np.int64), ids
+    table = shards.parquet_table(data, columns=["image", "labels", "id"] if with_ids else ["image", "labels"])
     images = np.array(table.column("image").to_pylist(), dtype=object)
     labels_col = table.column("labels").combine_chunks()
     flat = labels_col.flatten().to_numpy(zero_copy_only=False)
     if labels_col.null_count or len(flat) != table.num_rows * num_classes or not np.isin(flat, (0, 1)).all():
         raise ValueError("labels are not a full 0/1 matrix of the expected width")
-    return images, flat.astype(np.int64).reshape(table.num_rows, num_classes)
+    ids = None
+    if with_ids:
+        id_col = table.column("id")
+        if id_col.null_count:
+            raise ValueError("null ids")
+        ids = np.array(id_col.cast("binary").to_pylist(), dtype=object)
+    return images, flat.astype(np.int64).reshape(table.num_rows, num_classes), ids
 
 
 def examples_from_shards(
@@ -134,6 +169,7 @@ def examples_from_shards(
     world_size: int = 1,
     first_epoch: int = 0,
     examples_per_pass: int | None = None,
+    with_ids: bool = False,
 ) -> tf.data.Dataset:
     """(image bytes, labels) of `split`, read straight from its shard files (local or s3://).
 
@@ -150,6 +186,11 @@ def examples_from_shards(
     Read-ahead: the next shard file is fetched and parsed while the examples of the current
     one are decoded (READ_AHEAD_SHARDS files in flight), so the decode threads never wait for
     a whole GET + parse at a shard boundary.
+
+    `with_ids` (evaluation) gives (image bytes, (labels, id bytes)) instead: the id rides in
+    the label slot, so `make_pipeline(training=False)` carries it through the pixel-limit
+    filter, decode and batching unchanged, and batches come out as (images, (labels, ids)),
+    an example the filter drops taking its id with it.
     """
     listed = manifest.splits.get(split, [])
     if not listed:
@@ -165,16 +206,25 @@ def examples_from_shards(
         for seg in assignment.rank_segments(files, rank, world_size, seed=seed, epoch=epoch, shuffle=shuffle_shards):
             yield seg.uri, seg.start, seg.stop
 
+    def check_count(name: str, count: int) -> None:
+        expected = listed_counts[name]
+        if count != expected:
+            raise shards.DatasetError(
+                f"Shard {name} holds {count} examples but dataset.json lists {expected}. "
+                "Re-create the data set, or restore the shard."
+            )
+
     def load_segment(uri: bytes, start: np.int64, stop: np.int64):
         name = uri.decode()
         images, labels = load_shard_arrays(name, fmt, num_classes)
-        expected = listed_counts[name]
-        if len(images) != expected:
-            raise shards.DatasetError(
-                f"Shard {name} holds {len(images)} examples but dataset.json lists {expected}. "
-                "Re-create the data set, or restore the shard."
-            )
+        check_count(name, len(images))
         return images[start:stop], labels[start:stop]
+
+    def load_segment_with_ids(uri: bytes, start: np.int64, stop: np.int64):
+        name = uri.decode()
+        images, labels, ids = load_shard_arrays_with_ids(name, fmt, num_classes)
+        check_count(name, len(images))
+        return images[start:stop], labels[start:stop], ids[start:stop]
 
     def load(uri: tf.Tensor, start: tf.Tensor, stop: tf.Tensor):
         images, labels = tf.numpy_function(load_segment, [uri, start, stop], [tf.string, tf.int64], stateful=False)
@@ -182,13 +232,22 @@ def examples_from_shards(
         labels.set_shape([None, num_classes])
         return images, tf.cast(labels, tf.float32)
 
+    def load_with_ids(uri: tf.Tensor, start: tf.Tensor, stop: tf.Tensor):
+        images, labels, ids = tf.numpy_function(
+            load_segment_with_ids, [uri, start, stop], [tf.string, tf.int64, tf.string], stateful=False
+        )
+        images.set_shape([None])
+        labels.set_shape([None, num_classes])
+        ids.set_shape([None])
+        return images, (tf.cast(labels, tf.float32), ids)
+
     parts = tf.data.Dataset.from_generator(
         segments,
         output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)),
     )
     # A parallel map computes up to READ_AHEAD_SHARDS segments ahead of the one being
     # consumed; deterministic keeps the drawn order.
-    arrays = parts.map(load, num_parallel_calls=READ_AHEAD_SHARDS, deterministic=True)
+    arrays = parts.map(load_with_ids if with_ids else load, num_parallel_calls=READ_AHEAD_SHARDS, deterministic=True)
     examples = arrays.flat_map(lambda images, labels: tf.data.Dataset.from_tensor_slices((images, labels)))
     return examples.take(examples_per_pass) if examples_per_pass else examples
 
@@ -522,7 +581,9 @@ def make_pipeline(
     """The one chain every run uses, from (bytes, labels) to batches of (images, labels).
 
     Args:
-        examples: (encoded image, float32 labels) pairs.
+        examples: (encoded image, float32 labels) pairs; with training=False the labels may be
+            any structure, such as `examples_from_shards(with_ids=True)`'s (labels, id), which
+            is carried through to the batches as it is.
         cfg: the data section of the run config.
         training: shuffle, and augment with `cfg.augment`'s policy, when True.
         batch_size: examples per batch on this worker.

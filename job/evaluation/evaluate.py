@@ -6,10 +6,15 @@ computes first (`compute_evaluation`) and then writes, through the run store, to
 
     metrics.json     one object per split (the contract), each with a "tuned" sub-object
     thresholds.json  per-label thresholds tuned on val (F1), with the class names
-    report.md        the seed's split table, test at 0.5 vs tuned, per-label table,
-                     correlated-pair note
+    predictions/SPLIT.parquet
+                     one row per image of each evaluated split: id, true labels, score per
+                     label, labels predicted at 0.5 and at the tuned thresholds (streamed in
+                     row groups from the arrays the metrics use; docs/predictions.md)
+    report.md        the seed's split table, test at 0.5 vs tuned, per-label table, links to
+                     the predictions, worst errors per label, correlated-pair note
     per_label.csv    per split and label: support, P/R/F1/binary accuracy at 0.5 and tuned, AP
-    predictions.png  test images titled "y: ..." / "p: ...", wrong labels in colour
+    predictions.png  test images titled "y: ..." / "p: ...", wrong labels in colour: the first
+                     ones, or the worst errors (evaluation.prediction_grid)
     per_label.png    per-label bars, 0.5 vs tuned
     cooccurrence.png P(j | i) heatmap with counts
     history.png      loss, macro-F1 and learning rate per epoch (from history.json)
@@ -17,10 +22,13 @@ computes first (`compute_evaluation`) and then writes, through the run store, to
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from job import storage
 from job.config import Config
@@ -32,19 +40,27 @@ from job.evaluation.loading import (
     SplitPredictions,
     check_same_labels,
     load_best_model,
+    load_split_images,
     load_thresholds,
     predict_split,
 )
 from job.evaluation.report import (
+    LabelErrors,
     format_pair_note,
     format_per_label_csv,
     format_report,
     format_table,
+    format_worst_errors,
+    worst_error_rows,
+    worst_errors,
 )
 from job.evaluation.scores import evaluate_predictions, sigmoid, tune_thresholds
 from job.storage.run_store import RunStore
 
 log = logging.getLogger(__name__)
+
+# Rows per row group of predictions/SPLIT.parquet: the most rows built at once while writing.
+PREDICTION_ROWS_PER_GROUP = 8192
 
 
 @dataclass(frozen=True)
@@ -58,7 +74,11 @@ class Evaluation:
     thresholds: np.ndarray  # (k,) the tuned thresholds
     thresholds_record: dict  # thresholds.json's content
     preds: dict[str, SplitPredictions]
-    grid_split: str | None  # the split shown in predictions.png
+    grid_split: str | None  # the split shown in predictions.png and the worst errors (test, else the last)
+    grid_rows: np.ndarray  # rows of preds[grid_split] shown in predictions.png, in order
+    grid_images: np.ndarray | None  # their decoded images (m, S, S, 3) uint8
+    worst: list[LabelErrors]  # worst errors per label on grid_split, at the tuned thresholds
+    prediction_grid: str  # "first" or "worst" (evaluation.prediction_grid)
     label_split: str  # the split(s) whose labels the co-occurrence is computed on
     y_labels: np.ndarray
     pairs: list[CorrelatedPair]
@@ -111,6 +131,7 @@ def compute_evaluation(
 
     model, restored = load_best_model(run_uri, cfg, len(class_names))
     grid_split = _grid_split(splits, manifest)
+    grid_mode, grid_size = cfg.evaluation.prediction_grid, cfg.evaluation.prediction_grid_images
     preds = {
         s: predict_split(
             model,
@@ -118,12 +139,25 @@ def compute_evaluation(
             manifest,
             s,
             cfg,
-            keep_images=cfg.evaluation.prediction_grid_images if s == grid_split else 0,
+            # "worst" needs the scores of the whole split first; its images are read afterwards.
+            keep_images=grid_size if s == grid_split and grid_mode == "first" else 0,
         )
         for s in splits
         if manifest.num_examples(s) > 0
     }
     thresholds, source = _choose_thresholds(run_uri, cfg, preds, class_names)
+    worst: list[LabelErrors] = []
+    grid_rows, grid_images = np.zeros(0, np.int64), None
+    if grid_split is not None:
+        focus = preds[grid_split]
+        probs = sigmoid(focus.logits)
+        worst = worst_errors(focus.y_true, probs, thresholds, class_names)
+        if grid_mode == "worst" and grid_size > 0:
+            rows = worst_error_rows(worst_errors(focus.y_true, probs, thresholds, class_names, grid_size), grid_size)
+            grid_rows = np.asarray(rows, dtype=np.int64)
+            grid_images = _worst_images(data_uri, manifest, grid_split, cfg, focus.ids, grid_rows)
+        elif focus.images is not None:
+            grid_rows, grid_images = np.arange(len(focus.images)), focus.images
     metrics: dict = {}
     for split, p in preds.items():
         metrics[split] = evaluate_predictions(p.y_true, p.logits, class_names, 0.5)
@@ -147,6 +181,10 @@ def compute_evaluation(
         },
         preds=preds,
         grid_split=grid_split,
+        grid_rows=grid_rows,
+        grid_images=grid_images,
+        worst=worst,
+        prediction_grid=grid_mode,
         label_split=label_split,
         y_labels=y_labels,
         pairs=find_correlated_pairs(y_labels, class_names, pair_threshold),
@@ -156,9 +194,11 @@ def compute_evaluation(
 
 
 def write_evaluation(result: Evaluation, out: RunStore) -> None:
-    """Write thresholds.json, metrics.json, report.md, per_label.csv and the figures to `out`."""
+    """Write thresholds.json, metrics.json, the per-image predictions, report.md, per_label.csv
+    and the figures to `out`."""
     out.write_thresholds(result.thresholds_record)
     out.write_metrics(result.metrics)
+    predictions = write_predictions(result, out)
     metrics = result.metrics
     log.info("results (thresholds at 0.5):\n%s", format_table(metrics))
     if "test" in metrics:
@@ -177,14 +217,129 @@ def write_evaluation(result: Evaluation, out: RunStore) -> None:
         result.pair_threshold,
         result.data_uri,
     )
+    worst_note = ""
+    if result.grid_split is not None:
+        worst_note = format_worst_errors(
+            result.worst,
+            result.preds[result.grid_split].ids,
+            result.grid_split,
+            out.predictions_name(result.grid_split),
+        )
     out.write_report(
         format_report(
-            metrics, result.class_names, run_uri=result.run_uri, data_uri=result.data_uri, pair_note=pair_note
+            metrics,
+            result.class_names,
+            run_uri=result.run_uri,
+            data_uri=result.data_uri,
+            pair_note=pair_note,
+            predictions=predictions,
+            worst_errors_note=worst_note,
+            prediction_grid=result.prediction_grid,
         ),
         format_per_label_csv(metrics, result.class_names),
     )
     written = write_plots(result, out)
-    log.info("wrote metrics.json, thresholds.json, report.md, per_label.csv, %s to %s", ", ".join(written), out.uri)
+    log.info(
+        "wrote metrics.json, thresholds.json, %s, report.md, per_label.csv, %s to %s",
+        ", ".join(predictions.values()),
+        ", ".join(written),
+        out.uri,
+    )
+
+
+# ---------------------------------------------------------------------------- per-image predictions
+
+
+def write_predictions(result: Evaluation, out: RunStore) -> dict[str, str]:
+    """Write predictions/SPLIT.parquet for every evaluated split; remove those of other splits.
+
+    A file left from an earlier evaluation of a split this one skipped would disagree with
+    the metrics.json just written, so it goes.
+
+    Returns:
+        {split: the file's name relative to `out`}, in split order.
+    """
+    written = {}
+    for split in shards.SPLITS:
+        if split not in result.preds:
+            if out.remove_predictions(split):
+                log.info("removed %s: %s is not evaluated this time", out.predictions_name(split), split)
+            continue
+        p = result.preds[split]
+        schema = predictions_schema(result.class_names, result.thresholds, split, result.thresholds_record)
+        out.write_predictions(split, schema, prediction_batches(p, schema, result.class_names, result.thresholds))
+        written[split] = out.predictions_name(split)
+    return written
+
+
+def predictions_schema(
+    class_names: Sequence[str], thresholds: np.ndarray, split: str, thresholds_record: dict | None = None
+) -> pa.Schema:
+    """The schema of predictions/SPLIT.parquet, with class names and thresholds in its metadata.
+
+    Columns: id (string), labels (list<string>), score_<label> (float32, one per label in
+    class_names order), predicted (list<string>: score > 0.5), predicted_tuned (list<string>:
+    score > the label's tuned threshold). Metadata (JSON values): class_names, thresholds,
+    split, threshold_source, checkpoint.
+    """
+    names = pa.list_(pa.string())
+    record = thresholds_record or {}
+    metadata = {
+        "class_names": json.dumps(list(class_names)),
+        "thresholds": json.dumps([float(t) for t in thresholds]),
+        "split": json.dumps(split),
+        "threshold_source": json.dumps(record.get("source")),
+        "checkpoint": json.dumps(record.get("checkpoint")),
+    }
+    return pa.schema(
+        [
+            pa.field("id", pa.string()),
+            pa.field("labels", names),
+            *(pa.field(f"score_{name}", pa.float32()) for name in class_names),
+            pa.field("predicted", names),
+            pa.field("predicted_tuned", names),
+        ],
+        metadata=metadata,
+    )
+
+
+def prediction_batches(
+    p: SplitPredictions,
+    schema: pa.Schema,
+    class_names: Sequence[str],
+    thresholds: np.ndarray,
+    rows_per_group: int = PREDICTION_ROWS_PER_GROUP,
+) -> Iterator[pa.RecordBatch]:
+    """predictions/SPLIT.parquet's rows, `rows_per_group` at a time, built from the split's arrays.
+
+    Only one group's columns exist at a time: the arrays the metrics were computed from are
+    sliced, never copied whole. The decisions use the same float64 probabilities as
+    metrics.json (`p > t`), so `predicted`/`predicted_tuned` match its figures exactly; the
+    stored scores are those probabilities rounded to float32.
+    """
+    names = pa.array(list(class_names), pa.string())
+    t = np.asarray(thresholds, dtype=np.float64)[None, :]
+    ids = p.ids if p.ids is not None else np.full(len(p.y_true), "", dtype=object)
+    for start in range(0, len(p.y_true), max(1, rows_per_group)):
+        stop = start + rows_per_group
+        probs = sigmoid(p.logits[start:stop])
+        scores = probs.astype(np.float32)
+        columns = [
+            pa.array(ids[start:stop], pa.string()),
+            _label_lists(p.y_true[start:stop] > 0, names),
+            *(pa.array(scores[:, j]) for j in range(scores.shape[1])),
+            _label_lists(probs > 0.5, names),
+            _label_lists(probs > t, names),
+        ]
+        yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _label_lists(mask: np.ndarray, names: pa.Array) -> pa.ListArray:
+    """One list of label names per row of an (m, k) bool mask, in class order."""
+    _, cols = np.nonzero(mask)  # row-major: each row's labels in class order
+    offsets = np.zeros(len(mask) + 1, dtype=np.int32)
+    np.cumsum(mask.sum(axis=1), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), names.take(pa.array(cols, pa.int64())))
 
 
 def _choose_thresholds(
@@ -216,6 +371,30 @@ def _grid_split(splits: tuple[str, ...], manifest: shards.Manifest) -> str | Non
     return None
 
 
+def _worst_images(
+    data_uri: str, manifest: shards.Manifest, split: str, cfg: Config, ids: np.ndarray, rows: np.ndarray
+) -> np.ndarray | None:
+    """The images of `rows` for the "worst" grid (a second read of the split, by id), or None.
+
+    The images are found by id, so the split's ids must tell its examples apart. Like a figure
+    that fails to draw, a grid that cannot be made is logged and skipped: never the metrics.
+    """
+    if len(set(ids)) != len(ids):
+        log.warning(
+            "predictions.png not drawn: evaluation.prediction_grid=worst finds images by id, and the %s split's "
+            "ids are not unique (re-create the data set with `prepare`, which gives each image its path as id)",
+            split,
+        )
+        return None
+    try:
+        return load_split_images(data_uri, manifest, split, cfg, ids[rows])
+    except Exception as exc:  # noqa: BLE001 - a figure must never lose the run's metrics
+        log.warning(
+            "predictions.png not drawn: reading the worst errors' images failed: %s: %s", type(exc).__name__, exc
+        )
+        return None
+
+
 def _label_source(preds: dict[str, SplitPredictions]) -> tuple[str, np.ndarray]:
     """Labels used for co-occurrence: the train split (what the model learnt from) when evaluated."""
     if "train" in preds:
@@ -233,15 +412,18 @@ def write_plots(result: Evaluation, out: RunStore) -> list[str]:
     metrics, class_names, thresholds = result.metrics, result.class_names, result.thresholds
     jobs = {}
     grid = result.preds.get(result.grid_split) if result.grid_split else None
-    if grid is not None and grid.images is not None:
-        m = len(grid.images)
+    if grid is not None and result.grid_images is not None:
+        rows = result.grid_rows
+        worst = result.prediction_grid == "worst"
         jobs["predictions.png"] = lambda: plots.prediction_grid(
-            grid.images,
-            grid.y_true[:m],
-            sigmoid(grid.logits[:m]),
+            result.grid_images,
+            grid.y_true[rows],
+            sigmoid(grid.logits[rows]),
             thresholds,
             class_names,
-            title=f"{result.grid_split.capitalize()} predictions at tuned thresholds",
+            title=f"{result.grid_split.capitalize()}"
+            + (": worst errors at tuned thresholds" if worst else " predictions at tuned thresholds"),
+            ids=[str(i) for i in grid.ids[rows]] if grid.ids is not None else None,
         )
     focus = "test" if "test" in metrics else next((s for s in reversed(shards.SPLITS) if s in metrics), None)
     if focus is not None:

@@ -25,12 +25,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SplitPredictions:
-    """Labels and logits of one split, in data set order."""
+    """Labels and logits of one split, in data set order (examples over the pixel limit left out)."""
 
     split: str
     y_true: np.ndarray  # (n, k) 0/1
     logits: np.ndarray  # (n, k) float32
     images: np.ndarray | None = None  # first few decoded images (m, S, S, 3) uint8, for the grid
+    ids: np.ndarray | None = None  # (n,) the examples' ids (str), row for row with y_true and logits
 
 
 def load_best_model(run_uri: str, cfg: Config, num_classes: int):
@@ -92,17 +93,22 @@ def load_thresholds(run_uri: str, class_names: list[str]) -> np.ndarray | None:
 def predict_split(
     model, data_uri: str, manifest: shards.Manifest, split: str, cfg: Config, keep_images: int = 0
 ) -> SplitPredictions:
-    """Run the model over a whole split, in order; keep the first `keep_images` images."""
+    """Run the model over a whole split, in order; keep the first `keep_images` images.
+
+    The examples' ids travel through the input pipeline beside their labels, so an example
+    the pixel-limit filter drops is missing from ids, labels and logits alike.
+    """
     ds = make_pipeline(
-        examples_from_shards(data_uri, manifest, split),
+        examples_from_shards(data_uri, manifest, split, with_ids=True),
         cfg.data,
         training=False,
         batch_size=max(cfg.data.batch_size_per_worker, 64),
     )
-    ys, logits, kept = [], [], []
-    for images, labels in ds:
+    ys, logits, ids, kept = [], [], [], []
+    for images, (labels, batch_ids) in ds:
         logits.append(model(images, training=False).numpy().astype(np.float32))
         ys.append(labels.numpy().astype(np.int64))
+        ids.extend(i.decode("utf-8", "replace") for i in batch_ids.numpy())
         if sum(len(k) for k in kept) < keep_images:
             kept.append(np.clip(np.round(images.numpy()), 0, 255).astype(np.uint8))
     k = len(manifest.class_names)
@@ -111,7 +117,36 @@ def predict_split(
         np.concatenate(ys) if ys else np.zeros((0, k), np.int64),
         np.concatenate(logits) if logits else np.zeros((0, k), np.float32),
         np.concatenate(kept)[:keep_images] if kept else None,
+        np.array(ids, dtype=object),
     )
+
+
+def load_split_images(data_uri: str, manifest: shards.Manifest, split: str, cfg: Config, ids) -> np.ndarray:
+    """The decoded images of the examples named `ids` in a split, in the order of `ids`.
+
+    A second pass over the split's shards that decodes only those examples (the shards are
+    read again; every other image is dropped as encoded bytes). Used for the "worst errors"
+    prediction grid, whose examples are known only once the whole split is scored.
+
+    Returns:
+        (len(ids), S, S, 3) uint8. An id that is not found raises KeyError; for an id that
+        several examples share, the first one's image is given.
+    """
+    wanted = [str(i) for i in ids]
+    size = cfg.data.image_size
+    if not wanted:
+        return np.zeros((0, size, size, 3), np.uint8)
+    table = tf.constant([w.encode() for w in wanted], tf.string)
+    examples = examples_from_shards(data_uri, manifest, split, with_ids=True).filter(
+        lambda _image, y: tf.reduce_any(tf.equal(y[1], table))
+    )
+    found: dict[str, np.ndarray] = {}
+    for images, (_labels, batch_ids) in make_pipeline(
+        examples, cfg.data, training=False, batch_size=min(len(wanted), 64)
+    ):
+        for image, example_id in zip(images.numpy(), batch_ids.numpy()):
+            found.setdefault(example_id.decode("utf-8", "replace"), np.clip(np.round(image), 0, 255).astype(np.uint8))
+    return np.stack([found[w] for w in wanted])
 
 
 def check_same_labels(run_classes: list[str], manifest: shards.Manifest, data_uri: str) -> None:

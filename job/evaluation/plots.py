@@ -88,6 +88,7 @@ def prediction_grid(
     class_names: Sequence[str],
     title: str = "Test predictions",
     columns: int = 4,
+    ids: Sequence[str] | None = None,
 ) -> bytes:
     """The seed's grid: each image titled "y: true labels" / "p: predicted labels".
 
@@ -103,6 +104,8 @@ def prediction_grid(
         class_names: the k label names.
         title: figure title.
         columns: images per row.
+        ids: the n example ids, written under each image (the ids of report.md and
+            predictions/SPLIT.parquet); long ids are shortened in the middle.
     Returns:
         PNG bytes.
     """
@@ -143,6 +146,8 @@ def prediction_grid(
             pred_pieces.append(("(none)", RIGHT))
         _coloured_line(ax, 0.0, 1.13, true_pieces, fontsize=9)
         _coloured_line(ax, 0.0, 1.02, pred_pieces, fontsize=9)
+        if ids is not None:
+            ax.set_xlabel(_shorten(str(ids[i]), ID_CHARS), fontsize=8, fontfamily="monospace", labelpad=2)
     fig.suptitle(f"{title} ({n} images; y = true labels, p = predicted)", fontsize=13)
     handles = [
         Line2D([], [], color=RIGHT, lw=0, marker="s", label="label right"),
@@ -153,6 +158,18 @@ def prediction_grid(
     ]
     fig.legend(handles=handles, loc="lower center", ncol=3 if columns >= 3 else 1, fontsize=9, frameon=False)
     return _png(fig)
+
+
+# Characters of an example id shown under its image (about the width of one grid cell).
+ID_CHARS = 36
+
+
+def _shorten(text: str, limit: int) -> str:
+    """`text`, or its start and end around an ellipsis when longer than `limit` characters."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 1) // 2
+    return text[:half] + "…" + text[len(text) - (limit - 1 - half) :]
 
 
 # --------------------------------------------------------------------------- per label

@@ -1,7 +1,7 @@
 """The evaluation's text outputs: the console table, report.md and per_label.csv.
 
-Pure functions of metrics.json's content (and, for the correlated-pair note, the labels and
-predictions); nothing here reads or writes storage.
+Pure functions of metrics.json's content (and, for the correlated-pair note and the worst
+errors, the labels and predictions); nothing here reads or writes storage.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -126,8 +128,19 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_uri: str, pair_note: str) -> str:
-    """report.md: split table, test at 0.5 vs tuned, per-label table, correlated-pair note.
+def format_report(
+    metrics: dict,
+    class_names: list[str],
+    *,
+    run_uri: str,
+    data_uri: str,
+    pair_note: str,
+    predictions: dict[str, str] | None = None,
+    worst_errors_note: str = "",
+    prediction_grid: str = "first",
+) -> str:
+    """report.md: split table, test at 0.5 vs tuned, per-label table, per-image predictions,
+    worst errors, correlated-pair note.
 
     Label names and URIs are user text: they go through `md_text` / `md_code`, so a label
     such as `a|b` or `<img ...>` is shown as typed and cannot add a column or raw HTML.
@@ -137,6 +150,9 @@ def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_u
         class_names: label order.
         run_uri, data_uri: shown in the header.
         pair_note: markdown from `format_pair_note`.
+        predictions: {split: the per-image Parquet file's name relative to the report}, linked.
+        worst_errors_note: markdown from `format_worst_errors` (for the focus split).
+        prediction_grid: "first" or "worst": what predictions.png shows (evaluation.prediction_grid).
     Returns:
         The markdown text.
     """
@@ -216,14 +232,36 @@ def format_report(metrics: dict, class_names: list[str], *, run_uri: str, data_u
             rows,
         ),
         "",
+    ]
+    if predictions:
+        parts += [
+            "## Per-image predictions",
+            "",
+            "One row per image: its id, true labels, the score of every label, and the labels predicted at 0.5 "
+            "and at the tuned thresholds (see docs/predictions.md).",
+            "",
+        ]
+        parts += [
+            f"- [{name}]({name}): {split}, {metrics[split]['num_examples']} images"
+            for split, name in predictions.items()
+            if split in metrics
+        ]
+        parts.append("")
+    if worst_errors_note:
+        parts += [f"## Worst errors ({focus})", "", worst_errors_note, ""]
+    grid_line = (
+        f"- `predictions.png`: the {focus} images with the worst errors (as listed above)"
+        if prediction_grid == "worst"
+        else f"- `predictions.png`: the first {focus} images"
+    )
+    parts += [
         "## Correlated labels",
         "",
         pair_note,
         "",
         "## Figures",
         "",
-        "- `predictions.png`: test images with true (y) and predicted (p) labels; red = false positive, "
-        "orange = missed label.",
+        grid_line + ", with true (y) and predicted (p) labels; red = false positive, orange = missed label.",
         "- `per_label.png`: precision, recall, F1 and binary accuracy per label at 0.5 and tuned.",
         "- `cooccurrence.png`: P(j | i) and counts of label pairs.",
         "- `history.png`: loss, macro-F1 and learning rate per epoch.",
@@ -306,6 +344,108 @@ def _exactly_one_summary(test: SplitPredictions, class_names: list[str], a: str,
         f"On the {int(one.sum())} test images with only one of them, both decisions are right for "
         f"{right_half:.0%} at 0.5 ({right_tuned:.0%} at tuned thresholds)."
     )
+
+
+# ---------------------------------------------------------------------------- worst errors
+
+# Examples listed per label and kind (false positives, false negatives) in report.md.
+WORST_ERRORS_PER_LABEL = 3
+
+
+@dataclass(frozen=True)
+class LabelErrors:
+    """One label's worst errors at its decision threshold, as row indices into a split's arrays."""
+
+    label: str
+    threshold: float
+    false_positives: list[tuple[int, float]]  # (row, score) of negatives above the threshold, highest first
+    false_negatives: list[tuple[int, float]]  # (row, score) of positives not above it, lowest first
+
+
+def worst_errors(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    thresholds: Sequence[float],
+    class_names: Sequence[str],
+    limit: int = WORST_ERRORS_PER_LABEL,
+) -> list[LabelErrors]:
+    """Per label, the most confident mistakes at the given thresholds.
+
+    A false positive is a negative whose score is above the label's threshold (the
+    `p > t` rule of the metrics), ranked by highest score; a false negative is a positive
+    whose score is not above it, ranked by lowest score. Ties keep data set order.
+
+    Args:
+        y_true: (n, k) 0/1 labels.
+        probs: (n, k) probabilities.
+        thresholds: (k,) decision thresholds.
+        class_names: the k label names.
+        limit: at most this many of each kind per label.
+    Returns:
+        One LabelErrors per label, in class_names order.
+    """
+    y = np.asarray(y_true) > 0
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(thresholds, dtype=np.float64)
+    out = []
+    for j, name in enumerate(class_names):
+        above = p[:, j] > t[j]
+        fp = np.flatnonzero(~y[:, j] & above)
+        fp = fp[np.argsort(-p[fp, j], kind="stable")][:limit]
+        fn = np.flatnonzero(y[:, j] & ~above)
+        fn = fn[np.argsort(p[fn, j], kind="stable")][:limit]
+        out.append(
+            LabelErrors(
+                label=str(name),
+                threshold=float(t[j]),
+                false_positives=[(int(i), float(p[i, j])) for i in fp],
+                false_negatives=[(int(i), float(p[i, j])) for i in fn],
+            )
+        )
+    return out
+
+
+def worst_error_rows(errors: Sequence[LabelErrors], count: int) -> list[int]:
+    """Up to `count` distinct rows for the "worst errors" prediction grid.
+
+    Every label's worst false positive and worst false negative first, then every label's
+    second worst, and so on, so each label's errors are shown before any label's third.
+    """
+    rows: list[int] = []
+    seen: set[int] = set()
+    depth = max((max(len(e.false_positives), len(e.false_negatives)) for e in errors), default=0)
+    for rank in range(depth):
+        for e in errors:
+            for ranked in (e.false_positives, e.false_negatives):
+                if rank < len(ranked) and ranked[rank][0] not in seen and len(rows) < count:
+                    seen.add(ranked[rank][0])
+                    rows.append(ranked[rank][0])
+    return rows
+
+
+def format_worst_errors(errors: Sequence[LabelErrors], ids: Sequence[str], split: str, file_name: str) -> str:
+    """report.md's worst-errors table: per label, ids and scores of its worst false positives and negatives.
+
+    Ids are user text (`md_text`); `file_name` is the predictions file the scores come from.
+    """
+
+    def cell(ranked: list[tuple[int, float]]) -> str:
+        return ", ".join(f"{md_text(ids[row])} ({score:.3f})" for row, score in ranked) or "-"
+
+    rows = [[md_text(e.label), _fmt(e.threshold, 3), cell(e.false_positives), cell(e.false_negatives)] for e in errors]
+    shown = max((len(e.false_positives) + len(e.false_negatives) for e in errors), default=0)
+    lines = [
+        f"Per label, the {split} images the model got most confidently wrong at the tuned threshold: "
+        "false positives are images without the label scored highest above it, false negatives are "
+        "images with the label scored lowest (at or below it). Each entry is `id (score)`; "
+        f"every score of every image is in [{file_name}]({file_name}).",
+        "",
+    ]
+    if not shown:
+        lines.append(f"No label has a wrong decision on {split} at the tuned thresholds.")
+        return "\n".join(lines)
+    lines.append(_md_table(["label", "tuned threshold", "worst false positives", "worst false negatives"], rows))
+    return "\n".join(lines)
 
 
 def format_per_label_csv(metrics: dict, class_names: list[str]) -> str:

@@ -7,6 +7,8 @@ A run is the folder given as `train --output` (a local path or `s3://bucket/runs
     metrics.json                evaluation of the best checkpoint, per split
     thresholds.json             per-label thresholds tuned on val
     report.md, per_label.csv    the evaluation report
+    predictions/SPLIT.parquet   per-image predictions of each evaluated split: id, true labels,
+                                score per label, labels predicted at 0.5 and tuned (docs/predictions.md)
     predictions.png, per_label.png, cooccurrence.png, history.png
     checkpoint_epoch-NNNNNN/    one folder per saved epoch (layout: training/checkpoints.py)
     checkpoint_epoch-NNNNNN-step-SSSSSSSS/
@@ -25,20 +27,26 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from job.config import Config, config_from_dict, config_to_dict
 from job.errors import UserError
 from job.storage.objects import (
+    delete,
     exists,
     list_files,
+    open_write,
     read_json,
     write_bytes,
     write_json,
     write_text,
 )
 from job.storage.paths import join
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -47,6 +55,7 @@ THRESHOLDS_FILE = "thresholds.json"
 REPORT_FILE = "report.md"
 PER_LABEL_CSV_FILE = "per_label.csv"
 PLOT_FILES = ("predictions.png", "per_label.png", "cooccurrence.png", "history.png")
+PREDICTIONS_DIR = "predictions"
 TENSORBOARD_DIR = "tensorboard"
 ATTEMPTS_DIR = "attempts"
 PREEMPTIONS_DIR = "preemptions"
@@ -151,6 +160,45 @@ class RunStore:
     def write_report(self, markdown: str, per_label_csv: str) -> None:
         write_text(self.path(REPORT_FILE), markdown)
         write_text(self.path(PER_LABEL_CSV_FILE), per_label_csv)
+
+    @staticmethod
+    def predictions_name(split: str) -> str:
+        """The per-image predictions file of `split`, relative to the run (as report.md links it)."""
+        return f"{PREDICTIONS_DIR}/{split}.parquet"
+
+    def predictions_uri(self, split: str) -> str:
+        return self.path(self.predictions_name(split))
+
+    def write_predictions(self, split: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+        """Stream `batches` into predictions/SPLIT.parquet, one row group per batch.
+
+        Batches are written as they come, so a caller that builds them one at a time never
+        holds the whole table. The file is published only when every batch is written (a
+        local rename, or the upload of the spooled file, multipart when large), as every run file is.
+
+        Returns:
+            The number of rows written.
+        """
+        import pyarrow.parquet as pq
+
+        rows = 0
+        with open_write(self.predictions_uri(split)) as f:
+            writer = pq.ParquetWriter(f, schema)
+            try:
+                for batch in batches:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+            finally:
+                writer.close()
+        return rows
+
+    def remove_predictions(self, split: str) -> bool:
+        """Delete predictions/SPLIT.parquet if it is there (a split this evaluation left out)."""
+        uri = self.predictions_uri(split)
+        if not exists(uri):
+            return False
+        delete(uri)
+        return True
 
     def write_plot(self, name: str, png: bytes) -> None:
         if name not in PLOT_FILES:

@@ -81,6 +81,21 @@ def test_prediction_grid_with_few_images_and_no_predictions():
     assert _pixels_near(image, plots.FRAME_OK) > 20 * max(_red_pixels(image), 1)
 
 
+def test_prediction_grid_writes_each_id_under_its_image(monkeypatch):
+    # The "worst errors" grid names its images by the ids report.md and the Parquet file use.
+    images = np.full((5, 32, 32, 3), 120, dtype=np.uint8)
+    y = _labels(5)
+    ids = ["a", "b", "c", "d", "x" * 30 + "-middle-" + "y" * 30]
+    args = (images, y, np.full(y.shape, 0.9), np.full(len(NAMES), 0.5), NAMES)
+    fig, png = _figure_of(monkeypatch, lambda: plots.prediction_grid(*args, ids=ids))
+    shown = [ax.get_xlabel() for ax in fig.axes if ax.images]
+    assert shown[:4] == ["a", "b", "c", "d"]
+    assert len(shown[4]) == plots.ID_CHARS and shown[4].startswith("xxx") and shown[4].endswith("yyy")
+    assert "…" in shown[4]
+    # Same layout as without ids: the labels fit in the space between rows.
+    assert _open(png).size == _open(plots.prediction_grid(*args)).size == (1320, 770)  # 4 columns, 2 rows
+
+
 def test_per_label_bars_size():
     per_label = {
         n: {"precision": 0.8, "recall": 0.6, "f1": 0.69, "binary_accuracy": 0.9, "threshold": 0.5} for n in NAMES
