@@ -289,7 +289,7 @@ def main() -> None:
                 import ray
 
                 from job.cluster.datasets import ray_dataset
-                from job.cluster.worker import quiet_ray_data
+                from job.cluster.runtime import quiet_ray_data
 
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
                 ray_up = True

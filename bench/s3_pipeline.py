@@ -100,7 +100,7 @@ def main() -> None:
 
     from bench.data import FORMATS, dataset_dir
     from job import storage
-    from job.cluster import worker
+    from job.cluster import runtime, worker
     from job.cluster.datasets import ray_dataset
     from job.data import shards
     from job.storage.embedded import use_embedded_s3
@@ -119,7 +119,7 @@ def main() -> None:
         manifests = {fmt: shards.load_manifest(uri) for fmt, uri in uris.items()}
         # 1 worker CPU + 1 for Ray Data's read tasks: with none spare the read never runs.
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, logging_level="WARNING")
-        worker.quiet_ray_data()
+        runtime.quiet_ray_data()
         datasets = {fmt: ray_dataset(uris[fmt], manifests[fmt], "train") for fmt in FORMATS}
         trainer = TensorflowTrainer(
             train_loop_per_worker=measure_in_worker,

@@ -348,12 +348,13 @@ class KubeRayEmulator:
         if process is not None:
             process.wait(timeout=30)
 
-    def submit(self, timeout: float) -> tuple[int, str]:
+    def submit(self, timeout: float, entrypoint: str | None = None) -> tuple[int, str]:
         """Run the submitter pod as KubeRay v1.6.2 builds it in K8sJobMode (common/job.go
         BuildJobSubmitCommand; rayjob_controller.go configureSubmitterContainer): `/bin/bash
         -ce` over `if ! ray job status ...; then ray job submit --no-wait --submission-id ID
         -- ENTRYPOINT; fi; ray job logs --follow ID`, the entrypoint pasted in unquoted.
-        Returns (exit code, the submitter's log)."""
+        `entrypoint` replaces the RayJob's own, as a RayJob edited to run another command
+        (docs/batch-inference.md) would. Returns (exit code, the submitter's log)."""
         template = self.rayjob["spec"].get("submitterPodTemplate") or {
             "spec": {"containers": [{"name": "ray-job-submitter"}]}
         }
@@ -362,7 +363,7 @@ class KubeRayEmulator:
         pod = self.submitter = self._make_pod(f"submitter-{self.submission_id}", "submitter", template)
         dashboard = f"{self.pods['head'].ip}:{DASHBOARD_PORT}"
         address = f"http://{dashboard}"
-        entrypoint = self.pods["head"].host_path(self.rayjob["spec"]["entrypoint"].strip())
+        entrypoint = self.pods["head"].host_path((entrypoint or self.rayjob["spec"]["entrypoint"]).strip())
         script = (
             f"if ! ray job status --address {address} {self.submission_id} >/dev/null 2>&1 ; then "
             f"ray job submit --address {address} --no-wait --submission-id {self.submission_id} -- {entrypoint} ; "

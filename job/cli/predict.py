@@ -13,8 +13,17 @@ height read from the file's header) is not decoded: it gets an `error:` line on 
 with --format json a {"image": ..., "error": ...} line in its place), the other images are
 predicted, and the command then exits 1 saying how many were refused.
 
-Example:
+Batch inference over many images (`--data URI --output URI`) runs on Ray Data, locally or on
+the cluster in RAY_ADDRESS, exactly like `train`: --data is a data set folder (its splits,
+or --split), a folder or s3:// prefix of images, or a CSV with an `image` column. The output
+is one Parquet file per part of the input (scores per label, predicted labels at the
+model's thresholds, an `error` column), then `_SUCCESS` with the counts. A rerun of the same
+command skips the parts already written. An image that cannot be predicted is counted and
+listed, and the job goes on (--fail-on-bad-image stops it instead).
+
+Examples:
   python -m job predict --model models/demo a.jpg b.png --format json
+  python -m job predict --model s3://bucket/models/demo --data s3://bucket/photos/ --output s3://bucket/predictions/photos
 """
 
 from __future__ import annotations
@@ -34,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, metavar="DIR_OR_RUN", help="An exported SavedModel folder or a run (local or s3://)."
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="Image files (JPEG, PNG, GIF, BMP), local or s3://.")
+    parser.add_argument(
+        "images", nargs="*", metavar="IMAGE", help="Image files (JPEG, PNG, GIF, BMP), local or s3://; or use --data."
+    )
     parser.add_argument(
         "--format",
         choices=("table", "json"),
@@ -42,6 +53,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="table (default) or json (one JSON object per line).",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="Images per model call (default 64).")
+    batch = parser.add_argument_group("batch inference on Ray Data (--data)")
+    batch.add_argument(
+        "--data", metavar="URI", help="A data set folder, a folder or s3:// prefix of images, or a CSV of image paths."
+    )
+    batch.add_argument("--output", metavar="URI", help="Folder or s3:// prefix for the Parquet results (required).")
+    batch.add_argument("--split", action="append", default=[], help="Data set split(s) to predict (default: all).")
+    batch.add_argument(
+        "--actors", type=int, default=None, help="Model actors (default: one per GPU when there are GPUs, else 1)."
+    )
+    batch.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per model actor (default 1).")
+    batch.add_argument(
+        "--gpus-per-actor", type=float, default=None, help="GPUs per model actor (default: 1 when there are GPUs)."
+    )
+    batch.add_argument(
+        "--images-per-part",
+        type=int,
+        default=1000,
+        help="Images per output file for image folders and CSVs (default 1000): the unit a rerun skips.",
+    )
+    batch.add_argument(
+        "--fail-on-bad-image", action="store_true", help="Stop at the first image that cannot be predicted."
+    )
 
 
 def _logs_to_stderr() -> None:
@@ -63,12 +96,18 @@ def format_table(images: list[str], class_names: list[str], probabilities, decis
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here, not at the top: it loads TensorFlow, and `--help` must stay instant.
-    from job.evaluation.export import load_predictor, model_pixel_limit, read_images
-
     _logs_to_stderr()
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.data is not None:
+        return run_batch(args)
+    _refuse_batch_flags(args)
+    if not args.images:
+        raise UserError("Pass image files to predict, or --data URI --output URI for batch inference.")
+    # Imported here, after the argument checks: it loads TensorFlow (seconds), and `--help`
+    # and a wrong argument must stay instant.
+    from job.evaluation.export import load_predictor, model_pixel_limit, read_images
+
     # A stalled or wrong endpoint fails here, in seconds: the model, and the first image on S3.
     storage.check_access(args.model)
     first_s3_image = next((i for i in args.images if storage.is_s3(i)), None)
@@ -101,4 +140,57 @@ def run(args: argparse.Namespace) -> int:
             "limit (listed above). Downscale them; the limit is the run's data.max_pixels, which an "
             "exported model keeps."
         )
+    return 0
+
+
+BATCH_ONLY = ("output", "split", "actors", "gpus_per_actor", "fail_on_bad_image")
+
+
+def _refuse_batch_flags(args: argparse.Namespace) -> None:
+    given = [name for name in BATCH_ONLY if getattr(args, name) not in (None, [], False)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UserError(f"{flags} apply to batch inference; add --data URI (or drop them to predict image files).")
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """`--data URI --output URI`: list and check everything, then predict on Ray Data."""
+    from job.evaluation.batch_sources import resolve_inputs
+
+    if args.images:
+        raise UserError("Pass either image files or --data, not both.")
+    if not args.output:
+        raise UserError("--data needs --output URI: a folder or s3:// prefix for the Parquet results.")
+    for name, value, low in (("--actors", args.actors, 1), ("--cpus-per-actor", args.cpus_per_actor, 0)):
+        if value is not None and value < low:
+            raise UserError(f"{name} must be at least {low}, got {value}.")
+    if args.gpus_per_actor is not None and args.gpus_per_actor < 0:
+        raise UserError(f"--gpus-per-actor must be 0 or more, got {args.gpus_per_actor}.")
+    # Before TensorFlow and Ray load: a wrong path or endpoint fails here, in seconds.
+    storage.check_access(args.model)
+    storage.check_access(args.data)
+    storage.check_access(args.output, write=True)
+    inputs = resolve_inputs(args.data, tuple(args.split), args.images_per_part)
+
+    from job.cluster.batch_predict import ModelInfo, PoolSettings, predict_dataset
+    from job.evaluation.export import load_predictor
+
+    # Loaded here once: a model that does not load fails before any cluster work starts.
+    predictor = load_predictor(args.model)
+    model = ModelInfo(
+        uri=args.model.rstrip("/"),
+        class_names=list(predictor.class_names),
+        thresholds=predictor.thresholds,
+        image_size=int(predictor.image_size),
+        max_pixels=predictor.max_pixels,
+    )
+    del predictor
+    pool = PoolSettings(
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor,
+        batch_size=args.batch_size,
+    )
+    record = predict_dataset(model, inputs, args.output.rstrip("/"), pool, fail_on_bad_image=args.fail_on_bad_image)
+    print(json.dumps({k: v for k, v in record.items() if k != "bad_listed"}))
     return 0

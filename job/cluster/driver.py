@@ -33,7 +33,8 @@ from job.cluster.capacity import (
 )
 from job.cluster.datasets import ray_dataset
 from job.cluster.failures import describe_failure
-from job.cluster.worker import quiet_ray_data, worker_entry
+from job.cluster.runtime import join_cluster_in_env, quiet_ray_data
+from job.cluster.worker import worker_entry
 from job.config import Config, config_to_dict
 from job.console import is_verbose, setup_worker_logging
 from job.errors import UserError
@@ -59,9 +60,7 @@ def connect(cfg: Config) -> None:
     if ray.is_initialized():
         return
     logging_level = logging.INFO if is_verbose() else logging.WARNING
-    if os.environ.get("RAY_ADDRESS"):
-        log.info("connecting to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
-        ray.init(logging_level=logging_level, log_to_driver=True)
+    if join_cluster_in_env(logging_level):
         _warn_unless_on_head()
         # An elastic run starts once its minimum fits.
         needed = dataclasses.replace(cfg.scaling, num_workers=cfg.scaling.min_workers or cfg.scaling.num_workers)

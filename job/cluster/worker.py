@@ -14,10 +14,10 @@ from typing import Any
 
 import ray.train
 import ray.train.collective
-from ray.data import DataContext
 
+from job.cluster.runtime import quiet_ray_data
 from job.config import config_from_dict
-from job.console import is_verbose, setup_worker_logging
+from job.console import setup_worker_logging
 from job.storage import scratch
 from job.storage.run_store import RunStore
 from job.telemetry import WorkerTelemetry, worker_port
@@ -28,14 +28,6 @@ log = logging.getLogger(__name__)
 # Rows per Ray Data batch handed to tf.data: large enough to amortise the hand-over,
 # small enough to keep a worker's memory bounded.
 HANDOVER_BATCH_ROWS = 256
-
-
-def quiet_ray_data() -> None:
-    """Ray Data's progress bars and per-execution notices off, unless --verbose."""
-    ctx = DataContext.get_current()
-    if not is_verbose():
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
 
 
 # A failed checkpoint upload is retried this many times (with backoff) before it fails the

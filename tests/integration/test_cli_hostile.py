@@ -71,6 +71,15 @@ CASES = [
     ("export", ["--run", "{tmp}/nope", "--out", "{tmp}/model"], ["{tmp}/nope"]),
     ("predict", ["--model", "{tmp}/nope", "{tmp}/x.jpg"], ["{tmp}/nope"]),
     ("predict", ["--model", "{tmp}/nope", "{tmp}/x.jpg", "--batch-size", "0"], ["--batch-size"]),
+    ("predict", ["--model", "{data}"], ["--data URI --output URI"]),
+    ("predict", ["--model", "{data}", "--data", "{tmp}/nope", "--output", "{tmp}/o"], ["{tmp}/nope"]),
+    ("predict", ["--model", "{data}", "--data", "{tmp}", "--output", "{tmp}/o"], ["No images under {tmp}"]),
+    ("predict", ["--model", "{data}", "--data", "{data}"], ["--data needs --output"]),
+    ("predict", ["--model", "{data}", "{tmp}/x.jpg", "--output", "{tmp}/o"], ["--output", "add --data"]),
+    ("predict", ["--model", "{data}", "--data", "{data}", "--output", "{tmp}/o", "--split", "nope"], ["nope"]),
+    ("predict", ["--model", "{data}", "--data", "{data}", "--output", "{tmp}/o", "--actors", "0"], ["--actors"]),
+    # Not a model: refused when it is loaded, before any Ray work starts.
+    ("predict", ["--model", "{data}", "--data", "{data}", "--output", "{tmp}/o"], ["neither an exported model"]),
     ("drain", ["--deadline-seconds", "0"], ["--deadline-seconds"]),
 ]
 

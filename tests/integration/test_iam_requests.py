@@ -1,5 +1,6 @@
 """The request-level IAM check: every S3 request a real run makes is allowed by the job's IRSA
-policy (infra/modules/irsa/main.tf), and the same requests elsewhere are not.
+policy (infra/modules/irsa/main.tf), and the same requests elsewhere are not. The run is
+train, a resume, evaluate, export, and batch inference (`predict --data`, on a local Ray).
 
 moto does not enforce IAM, so the embedded server records every HTTP request it receives
 during a run (train with checkpoints and the final evaluation, a resume with checkpoint
@@ -70,6 +71,20 @@ def recorded() -> Iterator[Recorded]:
             # The same command with more epochs resumes from the newest checkpoint.
             "resume": ["train", "--local", "--data", data, "--output", run, *SMALL, "--set", "training.epochs=3"],
             "evaluate": ["evaluate", "--run", run],
+            # Serving and batch inference as the RayJob runs them (docs/batch-inference.md):
+            # the export and the predictions under runs/, the images read from datasets/.
+            "export": ["export", "--run", run, "--out", f"s3://{bucket}/{RUNS}/iam-model"],
+            "predict": [
+                "predict",
+                "--model",
+                f"s3://{bucket}/{RUNS}/iam-model",
+                "--data",
+                data,
+                "--split",
+                "test",
+                "--output",
+                f"s3://{bucket}/{RUNS}/iam-predictions",
+            ],
         }
         requests: list[tuple[str, S3Request]] = []
         outputs, seconds = {}, {}
@@ -113,6 +128,8 @@ def test_the_run_made_the_requests_of_training_checkpoints_evaluation_and_resume
     assert any(k.startswith(f"{DATASETS}/iam/") for k in keys) and any("checkpoint_epoch-" in k for k in keys)
     by_phase = {phase: {r.operation for p, r in recorded.requests if p == phase} for phase in recorded.outputs}
     assert "GetObject" in by_phase["resume"] and "PutObject" in by_phase["evaluate"], by_phase
+    assert {"GetObject", "PutObject"} <= by_phase["predict"], by_phase
+    assert storage.exists(f"s3://{recorded.bucket}/{RUNS}/iam-predictions/_SUCCESS")
     print(f"\n{len(recorded.requests)} requests; seconds per phase: {recorded.seconds}")
 
 

@@ -7,11 +7,13 @@ against the embedded S3 server standing in for the overlay's MinIO Service.
 It fails when the deployment files drift from the code: an entrypoint the CLI rejects or
 that names a file no volume mounts, a config key the code rejects, a worker group whose
 pods cannot hold the training workers and Ray Data, a metrics port the PodMonitor names but
-no pod serves, Ray token auth set up on one side only.
+no pod serves, Ray token auth set up on one side only. Then the same cluster runs batch
+inference (`predict --data`) over the trained run, as docs/batch-inference.md says to.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import uuid
@@ -33,6 +35,11 @@ pytestmark = pytest.mark.timeout(1500)
 MINIO_SERVICE = "minio.multilabel.svc.cluster.local"
 S3_KEY = "emulated-access-key"
 RUN_TIMEOUT = 1200
+PREDICTIONS = "runs/multilabel-train-predictions/test"
+PREDICT_ENTRYPOINT = (
+    "python -m job predict --model s3://multilabel/runs/multilabel-train --data s3://multilabel/datasets/demo "
+    f"--split test --output s3://multilabel/{PREDICTIONS}"
+)
 
 
 def _objects() -> list[dict]:
@@ -104,6 +111,15 @@ def test_local_overlay_rayjob_runs_as_kuberay_runs_it(tmp_path):
         keys = [o["Key"] for o in listing.get("Contents", [])]
         assert "runs/multilabel-train/metrics.json" in keys, keys
         assert any(k.startswith("runs/multilabel-train/checkpoint_epoch-") for k in keys), keys
+
+        # Batch inference on the same cluster, as docs/batch-inference.md says to run it: the
+        # RayJob's entrypoint replaced by `predict --data`; decode tasks and the model actor
+        # run on the worker pods (the head offers no CPUs), the driver writes the parts.
+        code, log = cluster.submit(timeout=RUN_TIMEOUT, entrypoint=PREDICT_ENTRYPOINT)
+        status = cluster.job_status()
+        assert status == "SUCCEEDED" and code == 0, f"predict job {status}, submitter exit {code}\n{log}"
+        success = json.loads(client.get_object(Bucket="multilabel", Key=f"{PREDICTIONS}/_SUCCESS")["Body"].read())
+        assert success["images"] == success["predicted"] > 0 and success["bad_images"] == 0, success
         passed = True
     finally:
         net.stop()
