@@ -187,12 +187,12 @@ def run_section(module: str, args: list[str], result_path: str, timeout_seconds:
         try:
             rc = proc.wait(timeout=timeout_seconds)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             raise SectionFailed(
                 f"bench.{module} did not finish within {timeout_seconds:.0f} s; log: {log_path}"
             ) from None
         finally:
-            _kill_group(proc)  # stray children (Ray) of a finished section
+            kill_group(proc)  # stray children (Ray) of a finished section
     if rc != 0 or not os.path.exists(result_path):
         raise SectionFailed(f"bench.{module} exited {rc}; log: {log_path}\n{_tail(log_path)}")
     with open(result_path) as fh:
@@ -201,7 +201,7 @@ def run_section(module: str, args: list[str], result_path: str, timeout_seconds:
     return result
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -1,7 +1,7 @@
 """The CPU benchmark suite: one command, `make bench` (= `python -m bench.run`).
 
     python -m bench.run [--workdir /tmp/multilabel-bench] [--out bench/results.json] [--quick]
-                        [--sections data,pipeline,s3,trainer,scaling,checkpoint]
+                        [--sections data,pipeline,s3,trainer,scaling,checkpoint,inference]
 
 Every section runs in its own subprocess with a hard timeout (see bench/common.py) on the
 same generated shards (224 px synthetic scenes, TFRecord and Parquet, in --workdir, never
@@ -21,7 +21,7 @@ import time
 
 from bench import common
 
-SECTIONS = ("data", "pipeline", "s3", "trainer", "scaling", "checkpoint")
+SECTIONS = ("data", "pipeline", "s3", "trainer", "scaling", "checkpoint", "inference")
 
 # ratio key: (description, test, target text)
 TARGETS = {
@@ -85,6 +85,7 @@ def sizes(quick: bool) -> dict:
             "trainer_rounds": "1",
             "scaling_epochs": "2",
             "checkpoint": ["--steps", "3", "--warmup-steps", "1", "--saves", "3"],
+            "inference": ["--num-images", "200", "--rounds", "1"],
         }
     return {
         "num_images": 1000,
@@ -95,6 +96,7 @@ def sizes(quick: bool) -> dict:
         "trainer_rounds": "3",
         "scaling_epochs": "3",
         "checkpoint": [],
+        "inference": ["--num-images", "2000", "--rounds", "3"],
     }
 
 
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     scaling = section("scaling", "trainer", isz + ["--runs", "ray2", "--epochs", size["scaling_epochs"]], 420)
     ckpt = section("checkpoint", "checkpoint", size["checkpoint"], 420)
+    inference = section("inference", "inference", isz + size["inference"], 1200)
 
     ips, spread = {}, {}
     if pipe:
@@ -231,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         # Each interleaved ratio's per-pair figures: median, spread (IQR), min, max, pairs.
         "ratio_spread": spread,
         "peak_rss_bytes": pipe["peak_rss_bytes"] if pipe else None,
+        "inference": inference_summary(inference) if inference else None,
         "detail": _compact(detail),
     }
     with open(args.out, "w") as fh:
@@ -242,6 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     print(render_markdown(results))
     print(f"bench: wrote {args.out} and {md} in {detail['wall_seconds']} s", flush=True)
     return 1 if detail["errors"] else 0
+
+
+def inference_summary(section: dict) -> dict:
+    """Batch inference: images/s, wall and peak memory per command, ratios to the single process."""
+    return {
+        "num_images": section["num_images"],
+        "model": section["model"],
+        "images_per_second": {name: r["images_per_second"] for name, r in section["runs"].items()},
+        "wall_seconds": {name: r["wall_seconds"] for name, r in section["runs"].items()},
+        "steady_images_per_second": {name: r.get("steady_images_per_second") for name, r in section["runs"].items()},
+        "peak_memory_mib": {name: round(r["peak_pss_bytes"] / 2**20) for name, r in section["runs"].items()},
+        "ratios": section["ratios"],
+    }
 
 
 def _div(a, b):
@@ -258,6 +275,13 @@ def _compact(detail: dict) -> dict:
     for name in ("pipeline", "s3"):
         if name in out:
             out[name] = {k: v for k, v in out[name].items() if k != "images_per_second"}
+    if "inference" in out:
+        # The medians and per-round ratios are in results["inference"]; keep each round's wall time.
+        section = out["inference"]
+        out["inference"] = {k: v for k, v in section.items() if k not in ("runs", "ratios")}
+        out["inference"]["round_wall_seconds"] = {
+            name: [r["wall_seconds"] for r in run["rounds"]] for name, run in section.get("runs", {}).items()
+        }
     return out
 
 
@@ -294,6 +318,28 @@ def render_markdown(results: dict) -> str:
         ]
     if results.get("peak_rss_bytes"):
         lines += ["", f"Peak RSS of the local-pipeline process: {results['peak_rss_bytes'] / 2**20:.0f} MiB."]
+    inf = results.get("inference")
+    if inf:
+        lines += [
+            "",
+            f"Batch inference, {inf['num_images']} images, {inf['model']}; whole commands, median of rounds:",
+            "",
+            "| command | images/s | wall s | peak memory MiB | / single (IQR; min - max) "
+            "| steady images/s | steady / single |",
+            "|---|---|---|---|---|---|---|",
+        ]
+
+        def ratio(key: str) -> str:
+            r = inf["ratios"].get(key)
+            return f"{r['median']:.3f} ({r['spread']:.3f}; {r['min']:.3f} - {r['max']:.3f})" if r else "1"
+
+        for name in inf["images_per_second"]:
+            steady = inf.get("steady_images_per_second", {}).get(name) or "-"
+            lines.append(
+                f"| {name} | {inf['images_per_second'][name]} | {inf['wall_seconds'][name]} | "
+                f"{inf['peak_memory_mib'][name]} | {ratio(name + '_over_single')} | {steady} | "
+                f"{ratio(name + '_steady_over_single')} |"
+            )
     if d.get("errors"):
         lines += ["", "Sections that failed: " + ", ".join(d["errors"])]
     return "\n".join(lines) + "\n"
