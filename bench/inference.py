@@ -162,7 +162,11 @@ def run_once(name: str, model: str, images: list[str], workdir: str) -> dict:
 
 
 def steady_rate(output: str) -> float | None:
-    """Images/s between the first and the last part file written: the pool at work, start-up excluded."""
+    """Images/s between the first and the last part file written: the pool at work, start-up excluded.
+
+    Exact when parts finish one after another (one decode task at a time, as on 2 cores); with
+    k parts in flight it reads high by up to (N-1)/(N-k).
+    """
     import pyarrow.parquet as pq
 
     parts = sorted((os.path.getmtime(p), pq.read_metadata(p).num_rows) for p in _parts(output))

@@ -172,10 +172,12 @@ def run_batch(args: argparse.Namespace) -> int:
     storage.check_access(args.output, write=True)
     inputs = resolve_inputs(args.data, tuple(args.split), args.images_per_part)
 
-    from job.cluster.batch_predict import ModelInfo, PoolSettings, predict_dataset
+    from job.cluster.batch_predict import ModelInfo, PoolSettings, hide_gpus_from_tensorflow, predict_dataset
     from job.evaluation.export import load_predictor
 
-    # Loaded here once: a model that does not load fails before any cluster work starts.
+    # Loaded here once, on the CPU (the GPUs are the model actors'): a model that does not
+    # load fails before any cluster work starts.
+    hide_gpus_from_tensorflow()
     predictor = load_predictor(args.model)
     model = ModelInfo(
         uri=args.model.rstrip("/"),
@@ -183,6 +185,7 @@ def run_batch(args: argparse.Namespace) -> int:
         thresholds=predictor.thresholds,
         image_size=int(predictor.image_size),
         max_pixels=predictor.max_pixels,
+        identity=predictor.identity,
     )
     del predictor
     pool = PoolSettings(

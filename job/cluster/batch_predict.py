@@ -39,7 +39,8 @@ from job.evaluation.batch_sources import KIND_SHARD, Inputs, Part
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_SECONDS = 10.0
-DECODE_TASK_RETRIES = 3
+# What a decode task holds: its TensorFlow, a batch of encoded images and their pixels.
+DECODE_TASK_MEMORY_BYTES = 2**30  # 449 MiB measured at 224 px, batch 64 (Ray Data reports the peak)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class ModelInfo:
     thresholds: np.ndarray
     image_size: int
     max_pixels: int | None
+    identity: str = ""  # the checkpoint (and export time): a rerun must use the same model
 
 
 # ---------------------------------------------------------------------------- cluster
@@ -85,11 +87,35 @@ def _start_local(pool: PoolSettings, level: int) -> None:
 
 
 def resolve_pool(pool: PoolSettings) -> PoolSettings:
-    """Fill in the defaults from the cluster: one actor per GPU when there are GPUs."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    """Fill in the defaults from the cluster (one actor per GPU when there are GPUs), and check
+    that the pool fits: Ray Data would wait for actors that can never start, silently."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
     gpus_per_actor = pool.gpus_per_actor if pool.gpus_per_actor is not None else (1.0 if gpus else 0.0)
     actors = pool.actors or (max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else 1)
-    return dataclasses.replace(pool, actors=actors, gpus_per_actor=gpus_per_actor)
+    pool = dataclasses.replace(pool, actors=actors, gpus_per_actor=gpus_per_actor)
+    problem = pool_shortfall(pool, resources)
+    if problem and not os.environ.get("RAY_ADDRESS"):
+        raise UserError(f"The model pool does not fit on this machine: {problem}. Ask for fewer with --actors.")
+    if problem:  # an autoscaling cluster may still add the nodes
+        log.warning("the model pool does not fit the cluster as it is now (%s): waiting for nodes to join", problem)
+    return pool
+
+
+def pool_shortfall(pool: PoolSettings, resources: dict) -> str | None:
+    """What the pool's actors need beyond `resources` (a cluster's totals), or None."""
+    need_gpus, have_gpus = pool.actors * (pool.gpus_per_actor or 0), resources.get("GPU", 0)
+    if need_gpus > have_gpus:
+        return (
+            f"{pool.actors} actor(s) x {pool.gpus_per_actor:g} GPU need {need_gpus:g} GPU(s), there are {have_gpus:g}"
+        )
+    need_cpus, have_cpus = pool.actors * pool.cpus_per_actor, resources.get("CPU", 0)
+    if need_cpus >= have_cpus:  # at least one CPU must stay for the decode tasks
+        return (
+            f"{pool.actors} actor(s) x {pool.cpus_per_actor:g} CPU need {need_cpus:g} CPU(s) and the decode tasks "
+            f"one more, there are {have_cpus:g}"
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------- the job
@@ -112,6 +138,7 @@ def predict_dataset(
         output_uri,
         {
             "model": model.uri,
+            "model_identity": model.identity,
             "inputs_fingerprint": inputs.fingerprint,
             "inputs": inputs.description,
             "key_column": inputs.key_column,
@@ -132,7 +159,7 @@ def predict_dataset(
     log.info(
         "predicting %s: %d image(s) in %d part(s) to do", inputs.description, sum(p.count for p in todo), len(todo)
     )
-    predicted_now = 0
+    images_now = 0
     if todo:
         connect(pool)
         pool = resolve_pool(pool)
@@ -143,7 +170,7 @@ def predict_dataset(
             pool.gpus_per_actor,
             pool.batch_size,
         )
-        predicted_now = _run(model, inputs.key_column, todo, output_uri, pool, fail_on_bad_image)
+        images_now = _run(model, inputs.key_column, todo, output_uri, pool, fail_on_bad_image)
     seconds = time.monotonic() - started
     totals = batch_outputs.count_outputs(output_uri, inputs.key_column)
     missing = {p.name for p in inputs.parts} - batch_outputs.completed_parts(output_uri)
@@ -151,6 +178,11 @@ def predict_dataset(
         raise UserError(
             f"{len(missing)} part(s) were not written (e.g. {sorted(missing)[0]}); run the same command again to "
             "finish them."
+        )
+    if totals.images and not totals.predicted:
+        raise UserError(
+            f"None of the {totals.images} image(s) could be predicted; the first: {totals.bad[0][0]}: "
+            f"{totals.bad[0][1]}. On a cluster, --data must be readable from every node (s3://, not a local path)."
         )
     record = batch_outputs.write_success(
         output_uri,
@@ -160,9 +192,9 @@ def predict_dataset(
             "inputs": inputs.description,
             "class_names": model.class_names,
             "thresholds": [float(t) for t in model.thresholds],
-            "predicted_this_run": predicted_now,
+            "images_this_run": images_now,
             "seconds_this_run": round(seconds, 1),
-            "images_per_second_this_run": round(predicted_now / seconds, 1) if seconds > 0 else None,
+            "images_per_second_this_run": round(images_now / seconds, 1) if seconds > 0 else None,
         },
     )
     if totals.bad:
@@ -193,12 +225,11 @@ def _run(model: ModelInfo, key_column: str, todo: list[Part], output_uri: str, p
         batch_size=1,
         batch_format="numpy",
         num_cpus=1,
-        # A decode task lost with its node is run again elsewhere. Remote args unlike the
-        # actors' also keep Ray Data from fusing decode into the model actors: decode runs in
-        # tasks of its own, beside the actors, on whichever nodes have CPUs. (Fused, the
-        # actor pool took all parts in one task and wrote nothing until the end; on CPU it
-        # was no faster: docs/performance.md.)
-        max_retries=DECODE_TASK_RETRIES,
+        # A scheduling hint, and remote args unlike the actors', which keeps Ray Data from
+        # fusing decode into the model actors: decode runs in tasks of its own, beside the
+        # actors, on whichever nodes have CPUs. (Fused, the actor pool took all parts in one
+        # task and wrote nothing until the end; on CPU it was no faster: docs/performance.md.)
+        memory=DECODE_TASK_MEMORY_BYTES,
     )
     scored = decoded.map_batches(
         ModelActor,
@@ -262,13 +293,16 @@ def _write(output_uri: str, name: str, rows: dict, key_column: str, model: Model
 
 
 def decode_parts(batch: dict, image_size: int, max_pixels: int | None, rows: int) -> Iterator[dict]:
-    """Ray Data task: read each part's images and decode them at the model's size, `rows` at a time."""
+    """Ray Data task: read each part's images and decode them at the model's size, `rows` at a time.
+
+    Image files are read a chunk at a time, so a task holds `rows` encoded images, whatever
+    the part size; a shard is one file, read whole (its size is the data set's choice).
+    """
     decode = _decoder(image_size, max_pixels)
     for spec in batch["part"]:
-        part = Part(**{**json.loads(spec), "uris": tuple(json.loads(spec)["uris"])})
-        items = _read_part(part, max_pixels)
-        for start in range(0, len(items), rows):
-            chunk = items[start : start + rows]
+        fields = json.loads(spec)
+        part = Part(**{**fields, "uris": tuple(fields["uris"])})
+        for start, total, chunk in _read_part(part, rows, max_pixels):
             pixels = np.zeros((len(chunk), image_size, image_size, 3), np.float32)
             errors = []
             for i, (_, data, problem) in enumerate(chunk):
@@ -284,27 +318,30 @@ def decode_parts(batch: dict, image_size: int, max_pixels: int | None, rows: int
                 "key": np.array([key for key, _, _ in chunk], dtype=object),
                 "pixels": pixels,
                 "error": np.array(errors, dtype=object),
-                "part_total": np.full(len(chunk), len(items), dtype=np.int64),
+                "part_total": np.full(len(chunk), total, dtype=np.int64),
             }
 
 
-def _read_part(part: Part, max_pixels: int | None) -> list[tuple[str, bytes, str | None]]:
-    """(key, bytes, problem) per image of the part; problem is None for an image to decode."""
+def _read_part(part: Part, rows: int, max_pixels: int | None) -> Iterator[tuple[int, int, list]]:
+    """(first index, images in the part, [(key, bytes, problem)]) per chunk of `rows` images;
+    problem is None for an image to decode."""
     from job.data import shards
     from job.data.image_limits import check_pixel_limit
 
+    def checked(items: list) -> list:
+        if not max_pixels:
+            return items
+        limit = "the model's data.max_pixels"
+        return [(key, data, problem or check_pixel_limit(data, max_pixels, limit)) for key, data, problem in items]
+
     if part.kind == KIND_SHARD:
         # A corrupt shard fails the job with the shard's name: it is the data set that is broken.
-        examples = shards.read_shard(storage.read_bytes(part.uris[0]), part.format, part.uris[0])
-        items = [(e.id, e.image, None) for e in examples]
-    else:
-        items = [(uri, *_read_image(uri)) for uri in part.uris]
-    if max_pixels:
-        items = [
-            (key, data, problem or check_pixel_limit(data, max_pixels, "the model's data.max_pixels"))
-            for key, data, problem in items
-        ]
-    return items
+        examples = list(shards.read_shard(storage.read_bytes(part.uris[0]), part.format, part.uris[0]))
+        for start in range(0, len(examples), rows):
+            yield start, len(examples), checked([(e.id, e.image, None) for e in examples[start : start + rows]])
+        return
+    for start in range(0, len(part.uris), rows):
+        yield start, len(part.uris), checked([(uri, *_read_image(uri)) for uri in part.uris[start : start + rows]])
 
 
 def _read_image(uri: str) -> tuple[bytes, str | None]:
@@ -324,11 +361,24 @@ def _decoder(image_size: int, max_pixels: int | None):
 
     from job.data.pipeline import decode_image
 
+    # Decode is CPU work: a decode task asks Ray for no GPU, and its TensorFlow must not take
+    # the memory of a GPU that a model actor on the same node was given.
+    hide_gpus_from_tensorflow()
     traced = tf.function(
         lambda data: decode_image(data, image_size, max_pixels),
         input_signature=[tf.TensorSpec([], tf.string)],
     )
     return lambda data: traced(tf.constant(data)).numpy()
+
+
+def hide_gpus_from_tensorflow() -> None:
+    """Keep this process's TensorFlow off the GPUs (it would reserve most of their memory)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow is initialised already: it stays as it is
+        log.debug("TensorFlow's devices were initialised before the GPUs could be hidden")
 
 
 def _tf_reason(exc: Exception) -> str:

@@ -33,6 +33,9 @@ SUCCESS_FILE = "_SUCCESS"
 PART_SUFFIX = ".parquet"
 SCORE_PREFIX = "score_"
 METADATA_KEY = b"multilabel"
+# What must be equal for a rerun to resume an output: the same model (its checkpoint and
+# export), thresholds, inputs and labels.
+SAME_JOB_KEYS = ("model", "model_identity", "thresholds", "inputs_fingerprint", "key_column", "class_names")
 # _SUCCESS lists this many bad images by name; the part files have every one.
 LISTED_BAD_IMAGES = 1000
 
@@ -41,11 +44,17 @@ def part_uri(output_uri: str, name: str) -> str:
     return storage.join(output_uri, name + PART_SUFFIX)
 
 
-def completed_parts(output_uri: str) -> set[str]:
-    """Names of the part files already under `output_uri` (complete by construction)."""
+def part_uris(output_uri: str) -> list[str]:
+    """The part files directly under `output_uri` (not in folders below it), complete by construction."""
     if not storage.exists(output_uri):
-        return set()
-    return {storage.basename(u)[: -len(PART_SUFFIX)] for u in storage.list_files(output_uri, PART_SUFFIX)}
+        return []
+    folder = output_uri.rstrip("/")
+    return [u for u in storage.list_files(folder, PART_SUFFIX) if storage.parent(u) == folder]
+
+
+def completed_parts(output_uri: str) -> set[str]:
+    """Names of the part files already under `output_uri`."""
+    return {storage.basename(u)[: -len(PART_SUFFIX)] for u in part_uris(output_uri)}
 
 
 def start_or_resume(output_uri: str, plan: dict) -> None:
@@ -55,20 +64,22 @@ def start_or_resume(output_uri: str, plan: dict) -> None:
         UserError: the output holds another job's results (other inputs, model or part size).
     """
     uri = storage.join(output_uri, PLAN_FILE)
-    if storage.exists(uri):
+    parts = completed_parts(output_uri)
+    if storage.exists(uri) and parts:
         try:
             before = storage.read_json(uri)
-        except (ValueError, UnicodeDecodeError):
+        except UserError:  # unreadable: not something to resume
             before = {}
-        changed = [k for k in ("model", "inputs_fingerprint", "key_column", "class_names") if before.get(k) != plan[k]]
+        changed = [k for k in SAME_JOB_KEYS if before.get(k) != plan.get(k)]
         if changed:
             raise UserError(
                 f"{output_uri} holds the results of another predict job (different {', '.join(changed)}); "
                 "resuming into it would mix them. Choose a new --output, or delete that one."
             )
         return
-    if storage.exists(output_uri) and storage.list_files(output_uri, PART_SUFFIX):
+    if parts:
         raise UserError(f"{output_uri} already holds Parquet files but no {PLAN_FILE}; choose an empty --output.")
+    # No part written yet: nothing to mix, whatever an earlier start planned.
     storage.write_json(uri, plan)
 
 
@@ -119,7 +130,7 @@ def count_outputs(output_uri: str, key_column: str) -> Totals:
     """Read every part's key and error columns (not the scores) and count."""
     images = predicted = 0
     bad: list[tuple[str, str]] = []
-    uris = storage.list_files(output_uri, PART_SUFFIX)
+    uris = part_uris(output_uri)
     for uri in uris:
         table = pq.read_table(
             pa.BufferReader(storage.read_bytes(uri)), columns=[key_column, "error"], use_threads=False

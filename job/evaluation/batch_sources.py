@@ -6,7 +6,8 @@ Three kinds of input, told apart by what is at the URI:
 - a data set in the project's format (a folder with dataset.json): one part per shard file
   of each requested split, named `<split>-NNNNN`; each row keeps the example's `id`;
 - a CSV file (`.csv`): the `image` column (or the first one) lists image paths, local or
-  s3://; a relative path is taken from the CSV's folder; parts of `images_per_part` in the
+  s3://; a relative path is taken from the CSV's folder; a file whose first line is already
+  an image path has no header; parts of `images_per_part` in the
   listed order, named `part-NNNNN`;
 - any other folder or s3:// prefix: every image file below it (.jpg .jpeg .png .gif .bmp,
   any case), sorted, in parts of `images_per_part`.
@@ -143,9 +144,11 @@ def _csv_images(csv_uri: str) -> list[str]:
         return []
     header = [h.strip() for h in rows[0]]
     column = header.index("image") if "image" in header else 0
+    # A list without a header (`ls *.jpg > list.csv`): its first line is an image, not a name.
+    headless = "image" not in header and header[:1] and header[0].lower().endswith(IMAGE_SUFFIXES)
     folder = storage.parent(csv_uri)
     images = []
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in enumerate(rows if headless else rows[1:], start=1 if headless else 2):
         if not row or not "".join(row).strip():
             continue
         if len(row) <= column or not row[column].strip():

@@ -351,6 +351,7 @@ class Predictor:
     thresholds: np.ndarray
     source: str
     image_size: int  # S: the model's input side; predict_pixels takes (n, S, S, 3)
+    identity: str  # changes when the model does: the checkpoint it holds, and when it was exported
     max_pixels: int | None  # None: an export made before the limit existed (none built in)
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -431,6 +432,12 @@ class SavedModelPredictor(Predictor):
             size = self._loaded.signatures["predict_images"].structured_input_signature[1]["pixels"].shape[1]
         self.image_size = int(size.numpy()) if hasattr(size, "numpy") else int(size)
         self.source = f"SavedModel {uri}"
+        try:  # what changes when the folder is re-exported (export.json is written with the model)
+            with open(os.path.join(local, EXPORT_INFO)) as fh:
+                info = json.load(fh)
+            self.identity = f"{info.get('checkpoint')} exported {info.get('exported_at')}"
+        except (OSError, ValueError):
+            self.identity = self.source
 
     def _probabilities(self, images: list[bytes]) -> np.ndarray:
         out = self._loaded.signatures["serving_default"](images=tf.constant(images, dtype=tf.string))
@@ -455,6 +462,7 @@ class RunPredictor(Predictor):
         self.max_pixels = cfg.data.max_pixels
         self.model, restored = load_best_model(uri, cfg, len(self.class_names))
         self.source = f"run {uri} ({restored.uri})"
+        self.identity = restored.uri
 
     def _probabilities(self, images: list[bytes]) -> np.ndarray:
         pixels = tf.stack([decode_image(tf.constant(b), self.image_size, self.max_pixels) for b in images])

@@ -54,6 +54,20 @@ def test_a_csv_lists_images_in_its_image_column_relative_to_its_folder(tmp_path)
     ]
 
 
+def test_a_csv_without_a_header_keeps_its_first_image(tmp_path):
+    csv = touch(tmp_path / "list.csv", b"a.jpg\nb.png\n")
+    assert list(resolve_inputs(str(csv)).parts[0].uris) == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
+
+
+def test_only_part_files_directly_under_the_output_count(tmp_path):
+    out = str(tmp_path / "out")
+    table = batch_outputs.part_table("image", ["a"], np.array([[0.7]]), [None], ["sea"], np.array([0.5]))
+    batch_outputs.write_part(out + "/older-job", "part-00000", table)
+    assert batch_outputs.completed_parts(out) == set()
+    batch_outputs.write_part(out, "part-00001", table)
+    assert batch_outputs.completed_parts(out) == {"part-00001"}
+
+
 @pytest.mark.parametrize(
     "content, words",
     [
@@ -92,13 +106,15 @@ def test_a_part_table_has_null_scores_and_labels_for_a_bad_image():
 def test_a_rerun_resumes_the_same_job_and_refuses_another(tmp_path):
     out = str(tmp_path / "out")
     plan = {"model": "m", "inputs_fingerprint": "f1", "key_column": "image", "class_names": ["sea"]}
+    batch_outputs.start_or_resume(out, {**plan, "model": "another, before any part was written"})
     batch_outputs.start_or_resume(out, plan)
     table = batch_outputs.part_table("image", ["a"], np.array([[0.7]]), [None], ["sea"], np.array([0.5]))
     batch_outputs.write_part(out, "part-00000", table)
     assert batch_outputs.completed_parts(out) == {"part-00000"}
     batch_outputs.start_or_resume(out, plan)  # the same job: resumes
-    with pytest.raises(UserError, match="another predict job"):
-        batch_outputs.start_or_resume(out, {**plan, "inputs_fingerprint": "f2"})
+    for changed in ({"inputs_fingerprint": "f2"}, {"model_identity": "re-exported"}, {"thresholds": [0.4]}):
+        with pytest.raises(UserError, match="another predict job"):
+            batch_outputs.start_or_resume(out, {**plan, **changed})
     written = pq.read_table(io.BytesIO((tmp_path / "out" / "part-00000.parquet").read_bytes()))
     assert written.column("score_sea").to_pylist() == pytest.approx([0.7])
 
@@ -108,3 +124,14 @@ def test_a_missing_image_is_a_bad_row_not_a_failed_job(tmp_path):
 
     assert _read_image(str(tmp_path / "gone.jpg")) == (b"", "does not exist")
     assert _read_image(touch(tmp_path / "here.jpg", b"abc")) == (b"abc", None)
+
+
+def test_a_pool_that_cannot_fit_is_named_not_waited_for():
+    from job.cluster.batch_predict import PoolSettings, pool_shortfall
+
+    cpus_only = {"CPU": 2.0}
+    assert pool_shortfall(PoolSettings(actors=1, gpus_per_actor=0.0), cpus_only) is None
+    assert "need 1 GPU(s), there are 0" in pool_shortfall(PoolSettings(actors=1, gpus_per_actor=1.0), cpus_only)
+    # Two 1-CPU actors take both CPUs and leave none for the decode tasks.
+    assert "decode tasks" in pool_shortfall(PoolSettings(actors=2, gpus_per_actor=0.0), cpus_only)
+    assert pool_shortfall(PoolSettings(actors=2, gpus_per_actor=1.0), {"CPU": 8.0, "GPU": 2.0}) is None
