@@ -21,7 +21,6 @@ import functools
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -310,7 +309,9 @@ def decode_parts(batch: dict, image_size: int, max_pixels: int | None, rows: int
                     try:
                         pixels[i] = decode(data)
                     except Exception as exc:  # noqa: BLE001 - TensorFlow's decode errors: one bad image
-                        problem = f"not an image TensorFlow can decode ({_tf_reason(exc)})"
+                        from job.evaluation.export import tf_error_reason
+
+                        problem = f"not an image TensorFlow can decode ({tf_error_reason(exc)})"
                 errors.append(problem or "")
             yield {
                 "part": np.array([part.name] * len(chunk), dtype=object),
@@ -379,12 +380,6 @@ def hide_gpus_from_tensorflow() -> None:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:  # TensorFlow is initialised already: it stays as it is
         log.debug("TensorFlow's devices were initialised before the GPUs could be hidden")
-
-
-def _tf_reason(exc: Exception) -> str:
-    """TensorFlow's reason, without its "{{function_node ...}}" and "[Op:...]" wrapping."""
-    message = getattr(exc, "message", "") or str(exc) or type(exc).__name__
-    return re.sub(r"\{\{.*?\}\}|\[Op:\w+\]|\n.*", "", message, flags=re.S).strip()
 
 
 # ---------------------------------------------------------------------------- model actors

@@ -79,11 +79,17 @@ def check_image(data: bytes, where: str) -> None:
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as exc:
-        # Keep TensorFlow's reason, without its "{{function_node ...}}" and "[Op:...]" wrapping.
-        detail = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", getattr(exc, "message", "") or type(exc).__name__).strip()
         raise UserError(
-            f"{where} is not an image TensorFlow can decode ({detail}); pass a JPEG, PNG, GIF or BMP file."
+            f"{where} is not an image TensorFlow can decode ({tf_error_reason(exc)}); pass a JPEG, PNG, GIF or BMP "
+            "file."
         ) from None
+
+
+def tf_error_reason(exc: Exception) -> str:
+    """TensorFlow's reason for an error, without its "{{function_node ...}}" and "[Op:...]"
+    wrapping or the traceback lines after the first."""
+    message = getattr(exc, "message", "") or str(exc) or type(exc).__name__
+    return re.sub(r"\{\{.*?\}\}|\[Op:\w+\]|\n.*", "", message, flags=re.S).strip()
 
 
 @dataclass(frozen=True)
