@@ -60,13 +60,16 @@ COPY configs /opt/multilabel/configs
 # PYTHONUNBUFFERED: log lines reach `kubectl logs` / `ray job logs` as they happen.
 # PYTHONDONTWRITEBYTECODE: the root filesystem is read-only in the pods.
 # MPLCONFIGDIR: matplotlib wants a writable cache; /tmp is an emptyDir in the pods.
+# TF_ENABLE_ONEDNN_OPTS: oneDNN kernels on every x86 CPU, not only AVX-512 ones (job/__init__.py
+# sets it too, but ray.train.tensorflow may import TensorFlow in a worker before our code runs).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/app \
     MPLCONFIGDIR=/tmp/matplotlib \
     MULTILABEL_CONFIG_DIR=/opt/multilabel/configs \
-    TF_CPP_MIN_LOG_LEVEL=2
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    TF_ENABLE_ONEDNN_OPTS=1
 
 USER 10001:10001
 WORKDIR /home/app

@@ -13,3 +13,12 @@ Wings, lowest first; each may import only wings below it (tests/unit/test_layers
     experiments/  multi-run experiments
     cli/          one module per command
 """
+
+import os as _os
+
+# TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 VNNI/BF16 or AMX
+# (recent Intel); on others, AMD EPYC included, it runs convolutions on Eigen, 2.6x slower
+# for the demo model's epoch on a 2-core AVX2 EPYC (docs/performance.md "oneDNN"). Set before
+# any TensorFlow import: every command imports this package first, and a local Ray's workers
+# inherit the driver's environment. A user's own TF_ENABLE_ONEDNN_OPTS=0 is kept.
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
