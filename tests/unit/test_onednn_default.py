@@ -15,8 +15,12 @@ PROBE = (
 )
 
 
+def env_without_the_setting() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+
+
 def onednn_in_fresh_process(env_value: str | None) -> bool:
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env = env_without_the_setting()
     if env_value is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = env_value
     out = subprocess.run(
@@ -31,8 +35,9 @@ def test_importing_the_job_turns_onednn_on_and_passes_it_to_child_processes():
     # The setting is in the environment, so a local Ray's workers (children of the driver) get it too.
     child = "import os; print('onednn', os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1')"
     code = f"import job, subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', {child!r}]))"
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env_without_the_setting(), capture_output=True, text=True, timeout=120
+    ).stdout
     assert "onednn True" in out
 
 
