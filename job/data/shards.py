@@ -423,7 +423,9 @@ def parquet_table(data: bytes, columns: Sequence[str] | None = None):
     return pq.read_table(pa.BufferReader(data), columns=columns, use_threads=False, pre_buffer=False)
 
 
-def _read_parquet(data: bytes, where: str) -> Iterator[Example]:
+def checked_parquet_table(data: bytes, where: str, columns: Sequence[str] | None = None):
+    """`parquet_table`, with a DatasetError naming the shard when it is not Parquet or lacks
+    the image/labels columns."""
     import pyarrow as pa
 
     try:
@@ -433,6 +435,11 @@ def _read_parquet(data: bytes, where: str) -> Iterator[Example]:
     missing = {"image", "labels"} - set(table.column_names)
     if missing:
         raise DatasetError(f"Shard {where} lacks column(s) {', '.join(sorted(missing))}.")
+    return table.select(list(columns)) if columns is not None else table
+
+
+def _read_parquet(data: bytes, where: str) -> Iterator[Example]:
+    table = checked_parquet_table(data, where)
     ids = table.column("id").to_pylist() if "id" in table.column_names else [""] * table.num_rows
     images = table.column("image").to_pylist()
     labels = table.column("labels").to_pylist()
