@@ -17,6 +17,7 @@ it), seconds from the notice to training again, and the final val_loss.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import tempfile
@@ -45,6 +46,11 @@ RUN_TIMEOUT = 1200
 # node from the cluster autoscaler would be.
 WORKER_PODS = 4
 DEADLINE_SECONDS = 20
+# The highest final val_loss a preempted 4-epoch run may end at (see `_check`).
+UNDISTURBED_VAL_LOSS_BOUND = 0.15
+# Long enough that the group grows back before the run ends: here it did in epoch 3 or 4
+# (node lost in epoch 2); each epoch more costs CI ~20 s.
+ELASTIC_EPOCHS = 8
 
 
 class SpotCluster:
@@ -175,6 +181,11 @@ class SpotCluster:
         data = self.prom.api("query", query=f'multilabel_world_size{{run="{run}"}}[2h]')
         return any(float(t) > since and float(v) == size for s in data["result"] for t, v in s["values"])
 
+    def latest_epoch(self, run: str) -> int:
+        """The newest epoch whose checkpoint the run has published (0 before the first)."""
+        names = [re.search(r"/checkpoint_epoch-(\d+)", k) for k in self.keys(f"runs/{run}/")]
+        return max((int(m.group(1)) for m in names if m), default=0)
+
     def rank0_steps(self, run: str) -> float:
         result = self.prom.query(f'max(multilabel_train_steps_total{{rank="0",run="{run}"}})')
         return float(result[0]["value"][1]) if result else 0.0
@@ -276,6 +287,10 @@ def _check(figures: dict, how: str) -> None:
     assert figures["epochs"] == list(range(1, figures["epochs_planned"] + 1))
     assert 0 <= figures["steps_run_twice"] <= 1, figures
     assert figures["restarts"] == {"failure": 0.0, "preemption": 1.0}, figures["restarts"]
+    # Nothing learned was lost: undisturbed 4-epoch runs of this config here ended between
+    # 0.035 and 0.078, while a model that restarted from scratch at the notice (2 epochs of
+    # training) ends near 0.37. (A whole undisturbed run beside it cost CI 2.5 minutes.)
+    assert figures["val_loss"] <= UNDISTURBED_VAL_LOSS_BOUND, figures["val_loss"]
     assert "-step-" in figures["log"] and "resuming from" in figures["log"], figures["log"][-3000:]
 
 
@@ -295,13 +310,6 @@ def test_a_node_drained_as_preempted_mid_epoch_costs_at_most_one_step(spot):
 
     figures = _drained_run(spot, "drained", ray_drain_node, 4)
     _check(figures, "ray drain-node")
-    # The same run without the drain, on the same cluster: the final val_loss of both.
-    baseline = spot.wait(spot.submit("undisturbed", "scaling.max_failures=0", "training.epochs=4"))
-    assert baseline["status"] == "SUCCEEDED", baseline["log"][-3000:]
-    undisturbed = spot.json("runs/undisturbed/history.json")[-1]["val_loss"]
-    print(f"final val_loss: drained {figures['val_loss']:.4f}, undisturbed {undisturbed:.4f}")
-    # Runs differ by Ray Data's read order: 4-epoch runs here ended between 0.035 and 0.078.
-    assert abs(figures["val_loss"] - undisturbed) <= 0.1
 
 
 def test_the_worker_pods_prestop_hook_turns_a_pod_eviction_into_the_same_preemption(spot):
@@ -342,13 +350,14 @@ def test_an_elastic_run_shrinks_on_a_lost_node_and_grows_back_on_a_new_one(spot)
         spot.cluster.kill_pod(extra)
     spot.wait_for_ray_nodes(3)  # the head and two workers: the killed nodes are marked dead
     run = "elastic"
+    began = time.time()
     handle = spot.submit(
         run,
         "scaling.num_workers=[1,2]",
         "scaling.max_failures=1",
         "scaling.resize_check_seconds=10",
         "checkpoint.every_steps=5",
-        "training.epochs=20",
+        f"training.epochs={ELASTIC_EPOCHS}",
     )
     deadline = time.monotonic() + 600
     while spot.rank0_steps(run) < 30:
@@ -366,15 +375,23 @@ def test_an_elastic_run_shrinks_on_a_lost_node_and_grows_back_on_a_new_one(spot)
     shrunk_at = time.time()
     new = spot.cluster.add_worker()
     spot.watch(new)
+    joined_at = time.time()
     while not spot.world_sizes_since(run, shrunk_at, 2):
         assert handle["thread"].is_alive(), "the run ended before the group grew back (more epochs)"
         assert time.monotonic() < deadline + 300, "the group did not grow back to two workers"
         time.sleep(1)
-    grown_after = time.time() - shrunk_at
+    grown_at = time.time()
+    grown_in_epoch = spot.latest_epoch(run) + 1
     spot.wait(handle)
+    ended_at = time.time()
     assert handle["status"] == "SUCCEEDED" and handle["code"] == 0, handle["log"][-4000:]
     history = spot.json(f"runs/{run}/history.json")
-    assert [row["epoch"] for row in history] == list(range(1, 21))
+    assert [row["epoch"] for row in history] == list(range(1, ELASTIC_EPOCHS + 1))
     log = handle["log"]
     assert "1 worker(s) instead of 2" in log and "resuming from" in log, log[-4000:]
-    print(f"\nelastic: shrank to 1 worker after the node loss, back to 2 {grown_after:.0f} s after a node joined")
+    print(
+        f"\nelastic: node lost {killed_at - began:.0f} s after the submission; 1 worker training "
+        f"{shrunk_at - killed_at:.0f} s later; a new node up {joined_at - shrunk_at:.0f} s after that; back "
+        f"to 2 workers {grown_at - joined_at:.0f} s later, in epoch {grown_in_epoch} of {ELASTIC_EPOCHS}; "
+        f"the run ended {ended_at - grown_at:.0f} s after that"
+    )
