@@ -288,8 +288,8 @@ def _check(figures: dict, how: str) -> None:
     assert 0 <= figures["steps_run_twice"] <= 1, figures
     assert figures["restarts"] == {"failure": 0.0, "preemption": 1.0}, figures["restarts"]
     # Nothing learned was lost: undisturbed 4-epoch runs of this config here ended between
-    # 0.035 and 0.078, while a model that restarted from scratch at the notice (2 epochs of
-    # training) ends near 0.37. (A whole undisturbed run beside it cost CI 2.5 minutes.)
+    # 0.033 and 0.078 (docs/spot.md), while a model that restarted from scratch at the notice
+    # (2 epochs of training) ends near 0.37. (An undisturbed run beside it cost CI 2.5 min.)
     assert figures["val_loss"] <= UNDISTURBED_VAL_LOSS_BOUND, figures["val_loss"]
     assert "-step-" in figures["log"] and "resuming from" in figures["log"], figures["log"][-3000:]
 
