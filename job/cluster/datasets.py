@@ -21,8 +21,9 @@ PARQUET_COLUMNS = ("image", "labels")
 def ray_dataset(data_uri: str, manifest: shards.Manifest, split: str):
     """A Ray Dataset of one split's shards, read through the storage wing's filesystem.
 
-    Both formats are read as whole files and parsed in the read tasks; dataset.json already
-    holds every shard's example count, which each read checks.
+    Both formats are read as whole files: a read task parses a Parquet shard into its
+    image/labels rows, and splits a TFRecord shard into records that the worker parses. Each
+    read checks the shard's count against dataset.json.
     """
     fs, root = storage.arrow_filesystem(data_uri)
     paths = [f"{root.rstrip('/')}/{s.path}" for s in manifest.splits[split]]
